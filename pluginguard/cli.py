@@ -1,0 +1,281 @@
+"""The ``pluginguard`` command: sign and verify plugins offline, print their sandbox,
+and run the operator, the admission webhook and the node agent.
+
+Results go to stdout, diagnostics to stderr. Exit codes: 0 success (verified),
+1 refused, 2 unusable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pluginguard import keys, signing
+from pluginguard.errors import InputError, PluginGuardError
+from pluginguard.manifest import Plugin, load_documents, parse_plugin
+from pluginguard.policy import MaterialUnavailable, TrustPolicy, compile_policy
+from pluginguard.sandbox import limits, normalize_sandbox, seccomp_profile
+from pluginguard.verdict import Verdict
+from pluginguard.verify import verify_plugin
+
+EXIT_REFUSED = 1
+EXIT_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.run(args) or 0)
+    except InputError as error:
+        _fail(args, error)
+        return EXIT_INPUT
+    except PluginGuardError as error:
+        _fail(args, error)
+        return EXIT_REFUSED
+    except KeyboardInterrupt:
+        return 130
+
+
+def _fail(args: argparse.Namespace, error: Exception) -> None:
+    if args.verbose:
+        logging.exception("failed")
+    print(f"pluginguard: {error}", file=sys.stderr)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pluginguard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help="show debug logs and tracebacks")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    keygen = commands.add_parser("keygen", help="generate a signing key pair")
+    keygen.add_argument("--algorithm", required=True, type=str.lower,
+                        choices=[a.lower() for a in keys.ALGORITHMS])
+    keygen.add_argument("--out", required=True, metavar="PREFIX", help="writes PREFIX.key and PREFIX.pub")
+    keygen.set_defaults(run=_keygen)
+
+    sign = commands.add_parser("sign", help="sign a Plugin manifest")
+    sign.add_argument("plugin", metavar="PLUGIN.yaml")
+    sign.add_argument("--key", required=True, metavar="KEY.pem")
+    sign.add_argument("--cert", metavar="CHAIN.pem", help="signer certificate, then intermediates")
+    sign.add_argument("--format", choices=["dsse", "hkp"], default="dsse")
+    sign.add_argument("--artifact", metavar="FILE", help="compute spec.artifact.digest from FILE")
+    sign.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    sign.set_defaults(run=_sign)
+
+    verify = commands.add_parser("verify", help="verify Plugin manifests against trust policies")
+    verify.add_argument("plugin", metavar="PLUGIN.yaml")
+    verify.add_argument("--policy", action="append", required=True, metavar="POLICY.yaml",
+                        help="PluginTrustPolicy manifests, with the Secrets and ConfigMaps they reference")
+    verify.add_argument("--at", type=_timestamp, metavar="RFC3339", help="verify as of this time")
+    verify.add_argument("--namespace-label", action="append", default=[], metavar="KEY=VALUE",
+                        help="a label of the plugin's namespace, for policies' namespaceSelector")
+    verify.add_argument("--output", choices=["text", "json"], default="text")
+    verify.set_defaults(run=_verify)
+
+    for name, run, text in (("seccomp", _seccomp, "print the plugin's seccomp profile"),
+                            ("limits", _limits, "print the plugin's resource limits")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("plugin", metavar="PLUGIN.yaml")
+        command.set_defaults(run=run)
+
+    _add_deployables(commands)
+    return parser
+
+
+def _add_deployables(commands: Any) -> None:
+    """Entry points of the operator, webhook and node agent, imported only when used."""
+    try:
+        from pluginguard.operator.cli import add_commands as add_operator
+    except ImportError:
+        add_operator = None
+    try:
+        from pluginguard.webhooks.cli import add_commands as add_webhook
+    except ImportError:
+        add_webhook = None
+    for add in (add_operator, add_webhook):
+        if add is not None:
+            add(commands)
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    key = keys.generate_private_key(args.algorithm)
+    private, public = signing.write_keypair(key, args.out)
+    print(f"wrote {private} and {public} (keyid {keys.fingerprint(key.public_key())})")
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    document = _one_plugin_document(args.plugin)
+    key = keys.load_private_key(_read_bytes(args.key), where=args.key)
+    certificates = keys.load_certificates(_read_bytes(args.cert), where=args.cert) if args.cert else []
+    digest = None
+    if args.artifact:
+        try:
+            with open(args.artifact, "rb") as artifact:
+                digest = signing.file_digest(artifact)
+        except OSError as error:
+            raise InputError(args.artifact, f"cannot read: {error}") from error
+    try:
+        signed = signing.sign_manifest(document, key=key, certificates=certificates,
+                                       form=args.format, digest=digest)
+    except InputError as error:
+        raise error.within(args.plugin) from None
+    text = yaml.safe_dump(signed, sort_keys=False)
+    if args.output:
+        _write_atomically(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    plugins = [parse_plugin(doc, where=f"{args.plugin}: document {i + 1}")
+               for i, doc in enumerate(load_documents(args.plugin))]
+    if not plugins:
+        raise InputError(args.plugin, "holds no Plugin")
+    labels = dict(_label(text) for text in args.namespace_label)
+    policies = _load_policies(args.policy)
+    verdicts = [verify_plugin(p, policies, namespace_labels=labels, at=args.at) for p in plugins]
+    if args.output == "json":
+        rendered = [{"plugin": f"{p.namespace}/{p.name}", **v.as_dict()} for p, v in zip(plugins, verdicts)]
+        print(json.dumps(rendered[0] if len(rendered) == 1 else rendered, indent=2))
+    else:
+        for plugin, verdict in zip(plugins, verdicts):
+            print(_render(plugin, verdict))
+    return 0 if all(v.verified for v in verdicts) else EXIT_REFUSED
+
+
+def _render(plugin: Plugin, verdict: Verdict) -> str:
+    status = "verified" if verdict.verified else "REFUSED"
+    lines = [f"{plugin.namespace}/{plugin.name}: {status} ({verdict.reason}) {verdict.message}"]
+    if verdict.signer:
+        lines.append(f"  signer: {verdict.signer}")
+    if verdict.algorithm:
+        lines.append(f"  algorithm: {verdict.algorithm}")
+    if len(verdict.chain) > 1:
+        lines.append(f"  chain: {' <- '.join(verdict.chain)}")
+    return "\n".join(lines)
+
+
+def _seccomp(args: argparse.Namespace) -> int:
+    plugin = _plugin(args.plugin)
+    sys.stdout.buffer.write(seccomp_profile(_sandbox(plugin, args.plugin)).json_bytes)
+    return 0
+
+
+def _limits(args: argparse.Namespace) -> int:
+    plugin = _plugin(args.plugin)
+    print(json.dumps(dataclasses.asdict(limits(_sandbox(plugin, args.plugin))), indent=2))
+    return 0
+
+
+def _plugin(path: str) -> Plugin:
+    return parse_plugin(_one_plugin_document(path), where=path)
+
+
+def _sandbox(plugin: Plugin, path: str) -> dict[str, Any]:
+    try:
+        return normalize_sandbox(plugin.sandbox)
+    except InputError as error:
+        raise error.within(path) from None
+
+
+def _one_plugin_document(path: str) -> dict[str, Any]:
+    documents = [d for d in load_documents(path) if d.get("kind") == "Plugin"]
+    if len(documents) != 1:
+        raise InputError(path, f"expected one Plugin document, found {len(documents)}")
+    return documents[0]
+
+
+class ManifestMaterial:
+    """Trust material for offline verification: Secrets and ConfigMaps given as manifests,
+    CRLs fetched from their URLs."""
+
+    def __init__(self, documents: Sequence[dict[str, Any]], *, timeout: float = 5.0) -> None:
+        self.objects = {
+            (d.get("kind"), (d.get("metadata") or {}).get("namespace", "default"),
+             (d.get("metadata") or {}).get("name")): d
+            for d in documents if d.get("kind") in ("Secret", "ConfigMap")
+        }
+        self.timeout = timeout
+
+    def reference(self, kind: str, namespace: str, name: str, key: str) -> bytes:
+        found = self.objects.get((kind, namespace, name))
+        if found is None:
+            raise MaterialUnavailable(f"{kind} {namespace}/{name} was not given (add its manifest with --policy)")
+        if kind == "Secret" and key in (found.get("data") or {}):
+            return base64.b64decode(found["data"][key])
+        value = (found.get("stringData") or {}).get(key) or (found.get("data") or {}).get(key)
+        if value is None:
+            raise MaterialUnavailable(f"{kind} {namespace}/{name} has no key {key}")
+        return str(value).encode()
+
+    def url(self, url: str) -> bytes:
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310
+                return response.read(16 << 20)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            raise MaterialUnavailable(f"cannot fetch {url}: {error}") from error
+
+
+def _load_policies(paths: Sequence[str]) -> list[TrustPolicy]:
+    documents = [(path, index, doc) for path in paths
+                 for index, doc in enumerate(load_documents(path))]
+    material = ManifestMaterial([doc for _, _, doc in documents])
+    policies = [compile_policy(doc, material=material, where=f"{path}: document {index + 1}")
+                for path, index, doc in documents if doc.get("kind") == "PluginTrustPolicy"]
+    if not policies:
+        raise InputError(", ".join(paths), "no PluginTrustPolicy found")
+    return policies
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InputError("--namespace-label", f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise InputError(path, f"cannot read: {error}") from error
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path`` and rename: never half a manifest."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text)
+        temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise InputError(str(path), f"cannot write: {error}") from error
+
+
+if __name__ == "__main__":
+    sys.exit(main())

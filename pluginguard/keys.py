@@ -1,0 +1,165 @@
+"""Public keys and certificates: loading them, naming their algorithm, checking a signature.
+
+The five algorithms PluginGuard accepts are named by the key, never by the signature:
+a signature cannot talk a verifier into another algorithm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+from pluginguard.errors import InputError
+
+ALGORITHMS = ("RSA-2048", "RSA-4096", "Ed25519", "ECDSA-P256", "ECDSA-P384")
+
+PublicKey = rsa.RSAPublicKey | ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+# RSA public exponents below this invite well-known attacks (e=3 and friends); every
+# mainstream tool has generated 65537 for decades.
+_MIN_RSA_EXPONENT = 65537
+_EC_HASH = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384}
+
+
+class UnsupportedKey(ValueError):
+    """A key of a type or parameter PluginGuard never verifies with."""
+
+
+def algorithm_of(key: object) -> str:
+    """The algorithm name of ``key``, e.g. ``RSA-2048`` or ``ECDSA-P256``.
+
+    Raises UnsupportedKey for a key that no policy could allow (DSA, a tiny RSA exponent).
+    The name may still fall outside ALGORITHMS (``RSA-3072``); policies decide on that.
+    """
+    if isinstance(key, rsa.RSAPublicKey):
+        exponent = key.public_numbers().e
+        if exponent < _MIN_RSA_EXPONENT or exponent % 2 == 0:
+            raise UnsupportedKey(f"RSA public exponent {exponent} is not acceptable")
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        curve = key.curve.name
+        return {"secp256r1": "ECDSA-P256", "secp384r1": "ECDSA-P384"}.get(
+            curve, f"ECDSA-{curve}"
+        )
+    raise UnsupportedKey(f"{type(key).__name__.removeprefix('_')} keys are not supported")
+
+
+def fingerprint(key: PublicKey) -> str:
+    """Hex SHA-256 of the key's DER SubjectPublicKeyInfo: its keyid and revocation handle."""
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_public_key(pem: str | bytes, *, where: str) -> PublicKey:
+    """Parse one PEM public key (or the key of a PEM certificate).
+
+    Raises InputError naming ``where`` when the PEM is not a usable public key.
+    """
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            key = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as error:
+        raise InputError(where, f"not a PEM public key ({error})") from error
+    if not isinstance(key, PublicKey):
+        raise InputError(where, f"{type(key).__name__} keys are not supported")
+    return key
+
+
+def load_certificates(pem: str | bytes, *, where: str) -> list[x509.Certificate]:
+    """Parse every CERTIFICATE block of a PEM text; raises InputError if there is none."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError as error:
+        raise InputError(where, f"not a PEM certificate list ({error})") from error
+    return certificates
+
+
+def verify_signature(
+    key: PublicKey, signature: bytes, message: bytes, *, prehashed: bool = False
+) -> bool:
+    """Check ``signature`` over ``message`` with the scheme the key's algorithm implies.
+
+    RSA: PKCS#1 v1.5 with SHA-256. ECDSA: DER signature, SHA-256 on P-256, SHA-384 on
+    P-384. Ed25519: pure. With ``prehashed``, ``message`` is already a SHA-256 digest
+    (the HKP format signs the artifact's digest); Ed25519 then signs those 32 bytes.
+    Returns False for any signature that does not verify, whatever its shape.
+    """
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            algorithm = Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256()
+            key.verify(signature, message, padding.PKCS1v15(), algorithm)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            digest: hashes.HashAlgorithm = _EC_HASH[key.curve.name]()
+            if prehashed:
+                digest = Prehashed(hashes.SHA256())
+            key.verify(signature, message, ec.ECDSA(digest))
+        elif isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(signature, message)
+        else:
+            return False
+    except (InvalidSignature, ValueError, KeyError):
+        return False
+    return True
+
+
+def sign(key: PrivateKey, message: bytes, *, prehashed: bool = False) -> bytes:
+    """Sign ``message`` with the scheme verify_signature expects for this key."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        algorithm = Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256()
+        return key.sign(message, padding.PKCS1v15(), algorithm)
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        digest: hashes.HashAlgorithm = _EC_HASH[key.curve.name]()
+        if prehashed:
+            digest = Prehashed(hashes.SHA256())
+        return key.sign(message, ec.ECDSA(digest))
+    return key.sign(message)
+
+
+def generate_private_key(algorithm: str) -> PrivateKey:
+    """A new private key for one of ALGORITHMS (case-insensitive)."""
+    name = algorithm.upper()
+    if name.startswith("RSA-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(name[4:]))
+    if name == "ED25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    curves = {"ECDSA-P256": ec.SECP256R1(), "ECDSA-P384": ec.SECP384R1()}
+    return ec.generate_private_key(curves[name])
+
+
+def load_private_key(pem: bytes, *, where: str, password: bytes | None = None) -> PrivateKey:
+    """Parse a PEM private key; raises InputError naming ``where`` when unusable."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=password)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise InputError(where, f"not a usable PEM private key ({error})") from error
+    if not isinstance(key, PrivateKey):
+        raise InputError(where, f"{type(key).__name__} keys are not supported")
+    try:
+        algorithm_of(key.public_key())
+    except UnsupportedKey as error:
+        raise InputError(where, str(error)) from error
+    return key
+
+
+def describe_certificate(certificate: x509.Certificate) -> str:
+    """``CN=...,O=... serial 0x1f``: how a certificate signer is named in messages."""
+    return f"{certificate.subject.rfc4514_string()} serial {certificate.serial_number:#x}"
+
+
+def describe_chain(chain: Sequence[x509.Certificate]) -> tuple[str, ...]:
+    return tuple(certificate.subject.rfc4514_string() for certificate in chain)

@@ -1,0 +1,282 @@
+"""PluginTrustPolicy: whom to trust and how strictly, compiled into ready-to-use keys,
+roots and revocation lists.
+
+Compiling does no Kubernetes I/O: material that a policy references (Secrets, ConfigMaps,
+CRL URLs) comes through a MaterialSource that the caller provides — the operator and the
+webhook read it from their caches, the CLI from manifests given on its command line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from pluginguard import keys
+from pluginguard.errors import InputError, PluginGuardError
+from pluginguard.manifest import API_VERSION, optional
+from pluginguard.verdict import Enforcement
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
+_FINGERPRINT = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+
+
+class MaterialUnavailable(PluginGuardError):
+    """Trust material that a policy references could not be read."""
+
+
+class MaterialSource(Protocol):
+    """Where referenced trust material comes from."""
+
+    def reference(self, kind: str, namespace: str, name: str, key: str) -> bytes:
+        """The value of ``key`` in Secret or ConfigMap ``namespace/name``.
+
+        Raises MaterialUnavailable when it does not exist or cannot be read.
+        """
+
+    def url(self, url: str) -> bytes:
+        """The body at ``url``; raises MaterialUnavailable when it cannot be fetched."""
+
+
+class NoMaterial:
+    """A MaterialSource that has nothing: every reference is unavailable."""
+
+    def reference(self, kind: str, namespace: str, name: str, key: str) -> bytes:
+        raise MaterialUnavailable(f"{kind} {namespace}/{name} is not available here")
+
+    def url(self, url: str) -> bytes:
+        raise MaterialUnavailable(f"{url} is not fetched here")
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    name: str
+    key: keys.PublicKey
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class CrlSource:
+    """One configured CRL source: its list when it could be read, else why not."""
+
+    origin: str
+    crl: x509.CertificateRevocationList | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    """A compiled PluginTrustPolicy. ``unavailable`` lists material that could not be
+    loaded, so that a refusal can say why a signer that should be trusted was not."""
+
+    name: str
+    namespace_selector: Mapping[str, Any]
+    enforcement: Enforcement
+    require_signature: bool
+    require_certificate: bool
+    require_signed_sandbox: bool
+    require_code_signing_eku: bool
+    allowed_algorithms: frozenset[str]
+    trusted_keys: tuple[TrustedKey, ...]
+    trusted_roots: tuple[x509.Certificate, ...]
+    revoked_keys: frozenset[str]
+    max_chain_length: int
+    crl_sources: tuple[CrlSource, ...]
+    crl_allow_unavailable: bool
+    verification_timeout: timedelta
+    unavailable: tuple[str, ...] = field(default=())
+    references: frozenset[tuple[str, str, str]] = field(default=frozenset())
+
+
+def compile_policy(
+    document: Mapping[str, Any], *, material: MaterialSource, where: str = ""
+) -> TrustPolicy:
+    """Compile a PluginTrustPolicy manifest.
+
+    Raises InputError when the document is not a policy or a field is malformed.
+    Material that cannot be read does not raise: it is recorded in ``unavailable``.
+    """
+    if document.get("kind") != "PluginTrustPolicy" or document.get("apiVersion") != API_VERSION:
+        found = f"{document.get('apiVersion')}/{document.get('kind')}"
+        raise InputError(where, f"expected a {API_VERSION} PluginTrustPolicy, found {found}")
+    name = optional(document, "metadata.name", str, "", where=where)
+    where = where or f"PluginTrustPolicy {name}"
+    spec = optional(document, "spec", dict, {}, where=where)
+    loader = _MaterialLoader(material, where=where)
+
+    trusted_keys = tuple(loader.trusted_keys(_entries(spec, "trustedKeys", where)))
+    trusted_roots = tuple(loader.trusted_roots(_entries(spec, "trustedRoots", where)))
+    crl = optional(spec, "crl", dict, {}, where=where)
+    crl_sources = tuple(loader.crl_sources(_entries(crl, "sources", where, "spec.crl")))
+    return TrustPolicy(
+        name=name,
+        namespace_selector=optional(spec, "namespaceSelector", dict, {}, where=where),
+        enforcement=_enum(spec, "enforcement", Enforcement, Enforcement.ENFORCE, where),
+        require_signature=optional(spec, "requireSignature", bool, True, where=where),
+        require_certificate=optional(spec, "requireCertificate", bool, False, where=where),
+        require_signed_sandbox=optional(spec, "requireSignedSandbox", bool, True, where=where),
+        require_code_signing_eku=optional(spec, "requireCodeSigningEKU", bool, True, where=where),
+        allowed_algorithms=_algorithms(spec, where),
+        trusted_keys=trusted_keys,
+        trusted_roots=trusted_roots,
+        revoked_keys=_revoked(spec, where),
+        max_chain_length=_positive(spec, "maxCertChainLength", 3, where),
+        crl_sources=crl_sources,
+        crl_allow_unavailable=_enum(crl, "onUnavailable", str, "deny", where) == "allow",
+        verification_timeout=_duration(spec, where),
+        unavailable=tuple(loader.unavailable),
+        references=frozenset(loader.references),
+    )
+
+
+def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
+    """Kubernetes label-selector semantics; an empty selector matches everything."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+class _MaterialLoader:
+    """Turns trustedKeys/trustedRoots/crl.sources entries into loaded material."""
+
+    def __init__(self, material: MaterialSource, *, where: str) -> None:
+        self.material = material
+        self.where = where
+        self.unavailable: list[str] = []
+        self.references: set[tuple[str, str, str]] = set()
+
+    def trusted_keys(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterable[TrustedKey]:
+        for place, entry in entries:
+            name = str(entry.get("name") or place)
+            pem = self._read(place, entry, inline="publicKey")
+            if pem is None:
+                continue
+            key = keys.load_public_key(pem, where=f"{self.where}: {place} ({name})")
+            yield TrustedKey(name=name, key=key, fingerprint=keys.fingerprint(key))
+
+    def trusted_roots(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterable[x509.Certificate]:
+        for place, entry in entries:
+            pem = self._read(place, entry, inline="certificates")
+            if pem is not None:
+                yield from keys.load_certificates(pem, where=f"{self.where}: {place}")
+
+    def crl_sources(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterable[CrlSource]:
+        for place, entry in entries:
+            origin = str(entry.get("url") or place)
+            try:
+                if "url" in entry:
+                    body = self.material.url(str(entry["url"]))
+                else:
+                    body = self._read(place, entry, inline="inline", record=False)
+            except MaterialUnavailable as error:
+                yield CrlSource(origin, None, str(error))
+                continue
+            if body is None:
+                yield CrlSource(origin, None, f"{place} names no source")
+                continue
+            yield _parse_crl(origin, body)
+
+    def _read(self, place: str, entry: Mapping[str, Any], *, inline: str,
+              record: bool = True) -> bytes | None:
+        if entry.get(inline) is not None:
+            return str(entry[inline]).encode()
+        for kind, ref_field in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
+            ref = entry.get(ref_field)
+            if ref is None:
+                continue
+            if not isinstance(ref, Mapping) or not all(
+                isinstance(ref.get(part), str) for part in ("name", "namespace", "key")
+            ):
+                raise InputError(self.where, f"{place}.{ref_field} needs name, namespace and key")
+            self.references.add((kind, ref["namespace"], ref["name"]))
+            try:
+                return self.material.reference(kind, ref["namespace"], ref["name"], ref["key"])
+            except MaterialUnavailable as error:
+                if not record:
+                    raise
+                self.unavailable.append(f"{place}: {error}")
+                return None
+        raise InputError(self.where, f"{place} needs {inline}, secretRef or configMapRef")
+
+
+def _parse_crl(origin: str, body: bytes) -> CrlSource:
+    try:
+        if b"-----BEGIN" in body:
+            crl = x509.load_pem_x509_crl(body)
+        else:
+            crl = x509.load_der_x509_crl(body)
+    except ValueError as error:
+        return CrlSource(origin, None, f"not a CRL ({error})")
+    return CrlSource(origin, crl)
+
+
+def _entries(spec: Mapping[str, Any], key: str, where: str,
+             prefix: str = "spec") -> list[tuple[str, Mapping[str, Any]]]:
+    entries = optional(spec, key, list, [], where=where)
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise InputError(where, f"{prefix}.{key}[{index}] must be a mapping")
+    return [(f"{prefix}.{key}[{index}]", entry) for index, entry in enumerate(entries)]
+
+
+def _enum(spec: Mapping[str, Any], key: str, kind: Any, default: Any, where: str) -> Any:
+    value = optional(spec, key, str, None, where=where)
+    if value is None:
+        return default
+    choices = [e.value for e in kind] if kind is not str else ["deny", "allow"]
+    if value not in choices:
+        raise InputError(where, f"{key} must be one of {', '.join(choices)}, not {value!r}")
+    return kind(value)
+
+
+def _algorithms(spec: Mapping[str, Any], where: str) -> frozenset[str]:
+    names = optional(spec, "allowedAlgorithms", list, list(keys.ALGORITHMS), where=where)
+    for index, name in enumerate(names):
+        if name not in keys.ALGORITHMS:
+            raise InputError(
+                where,
+                f"spec.allowedAlgorithms[{index}]: {name!r} is not one of "
+                + ", ".join(keys.ALGORITHMS),
+            )
+    return frozenset(names)
+
+
+def _revoked(spec: Mapping[str, Any], where: str) -> frozenset[str]:
+    revoked = optional(spec, "revokedKeys", list, [], where=where)
+    for index, value in enumerate(revoked):
+        if not isinstance(value, str) or not _FINGERPRINT.match(value):
+            raise InputError(where, f"spec.revokedKeys[{index}] must be a sha256 fingerprint (64 hex digits)")
+    return frozenset(value.removeprefix("sha256:") for value in revoked)
+
+
+def _positive(spec: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    value = optional(spec, key, int, default, where=where)
+    if value < 1:
+        raise InputError(where, f"spec.{key} must be at least 1")
+    return value
+
+
+def _duration(spec: Mapping[str, Any], where: str) -> timedelta:
+    text = optional(spec, "verificationTimeout", str, "2s", where=where)
+    match = _DURATION.match(text)
+    if not match:
+        raise InputError(where, f"spec.verificationTimeout {text!r} is not a duration like 500ms, 2s or 1m")
+    amount, unit = float(match[1]), match[2]
+    return timedelta(milliseconds=amount) if unit == "ms" else (
+        timedelta(seconds=amount) if unit == "s" else timedelta(minutes=amount))

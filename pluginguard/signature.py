@@ -1,0 +1,161 @@
+"""The two signature formats a Plugin may carry, parsed into what a verifier needs.
+
+``dsse``: a DSSE v1 envelope (https://github.com/secure-systems-lab/dsse) whose signatures
+cover the pre-authentication encoding of an in-toto Statement. ``hkp``: the HKP plugin
+system's ``.sig`` file, a PEM SIGNATURE block over the artifact's SHA-256 digest followed by
+the signer's CERTIFICATE blocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+from securesystemslib.dsse import Envelope
+
+from pluginguard.errors import PluginGuardError
+
+DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]+)-----\s*?\n(.*?)\n?-----END \1-----", re.DOTALL
+)
+
+
+class MalformedSignature(PluginGuardError):
+    """A signature field that cannot be parsed; the message names the field."""
+
+
+@dataclass(frozen=True)
+class SignatureEntry:
+    keyid: str
+    sig: bytes
+
+
+@dataclass(frozen=True)
+class ParsedSignature:
+    """What was signed, by which signatures, and the certificates that came along.
+
+    ``message`` is the exact byte string the signatures cover; ``prehashed`` says that it
+    is a SHA-256 digest rather than the data itself.
+    """
+
+    format: str
+    message: bytes
+    prehashed: bool
+    signatures: tuple[SignatureEntry, ...]
+    certificates: tuple[x509.Certificate, ...]
+    payload: bytes | None = None
+
+
+def is_present(signature: Mapping[str, Any]) -> bool:
+    """Whether a Plugin's ``spec.signature`` carries any signature at all."""
+    return bool(signature.get("dsse") or signature.get("hkp"))
+
+
+def parse(signature: Mapping[str, Any], *, digest_hex: str) -> ParsedSignature:
+    """Parse ``spec.signature``; raises MalformedSignature naming the field at fault."""
+    form = signature.get("format") or ("hkp" if signature.get("hkp") else "dsse")
+    if form == "dsse":
+        chain = _certificates(signature.get("certificateChain"), "spec.signature.certificateChain")
+        return _parse_dsse(signature.get("dsse"), chain)
+    if form == "hkp":
+        return _parse_hkp(signature.get("hkp"), digest_hex)
+    raise MalformedSignature(f"spec.signature.format: {form!r} is not dsse or hkp")
+
+
+def _parse_dsse(envelope: Any, chain: tuple[x509.Certificate, ...]) -> ParsedSignature:
+    where = "spec.signature.dsse"
+    if not isinstance(envelope, Mapping):
+        raise MalformedSignature(f"{where}: a DSSE envelope (payloadType, payload, signatures) is required")
+    payload_type = envelope.get("payloadType")
+    if payload_type != DSSE_PAYLOAD_TYPE:
+        raise MalformedSignature(f"{where}.payloadType must be {DSSE_PAYLOAD_TYPE}, not {payload_type!r}")
+    payload = _base64(envelope.get("payload"), f"{where}.payload")
+    entries = envelope.get("signatures")
+    if not isinstance(entries, list) or not entries:
+        raise MalformedSignature(f"{where}.signatures must be a non-empty list")
+    signatures = []
+    for index, entry in enumerate(entries):
+        place = f"{where}.signatures[{index}]"
+        if not isinstance(entry, Mapping):
+            raise MalformedSignature(f"{place} must be a mapping with keyid and sig")
+        keyid = entry.get("keyid") or ""
+        if not isinstance(keyid, str):
+            raise MalformedSignature(f"{place}.keyid must be a string")
+        signatures.append(SignatureEntry(keyid, _base64(entry.get("sig"), f"{place}.sig")))
+    message = Envelope(payload, payload_type, {}).pae()
+    return ParsedSignature("dsse", message, False, tuple(signatures), chain, payload)
+
+
+def _parse_hkp(text: Any, digest_hex: str) -> ParsedSignature:
+    where = "spec.signature.hkp"
+    if not isinstance(text, str) or not text.strip():
+        raise MalformedSignature(f"{where}: the .sig file's PEM text is required")
+    blocks = _pem_blocks(text, where)
+    signature_blocks = [der for label, der in blocks if label == "SIGNATURE"]
+    if len(signature_blocks) != 1:
+        raise MalformedSignature(f"{where}: expected one SIGNATURE block, found {len(signature_blocks)}")
+    unknown = sorted({label for label, _ in blocks} - {"SIGNATURE", "CERTIFICATE"})
+    if unknown:
+        raise MalformedSignature(f"{where}: unexpected PEM block {unknown[0]}")
+    certificates = []
+    for index, (label, der) in enumerate((b for b in blocks if b[0] == "CERTIFICATE")):
+        try:
+            certificates.append(x509.load_der_x509_certificate(der))
+        except ValueError as error:
+            raise MalformedSignature(f"{where}: CERTIFICATE block {index + 1}: {error}") from error
+    return ParsedSignature(
+        "hkp",
+        bytes.fromhex(digest_hex),
+        True,
+        (SignatureEntry("", signature_blocks[0]),),
+        tuple(certificates),
+    )
+
+
+def _certificates(pem: Any, where: str) -> tuple[x509.Certificate, ...]:
+    if pem is None or pem == "":
+        return ()
+    if not isinstance(pem, str):
+        raise MalformedSignature(f"{where} must be PEM text")
+    certificates = []
+    for index, (label, der) in enumerate(_pem_blocks(pem, where)):
+        if label != "CERTIFICATE":
+            raise MalformedSignature(f"{where}: block {index + 1} is {label}, not CERTIFICATE")
+        try:
+            certificates.append(x509.load_der_x509_certificate(der))
+        except ValueError as error:
+            raise MalformedSignature(f"{where}: certificate {index + 1}: {error}") from error
+    return tuple(certificates)
+
+
+def _pem_blocks(text: str, where: str) -> list[tuple[str, bytes]]:
+    blocks = []
+    for match in _PEM_BLOCK.finditer(text):
+        body = "".join(match[2].split())
+        try:
+            blocks.append((match[1], base64.b64decode(body, validate=True)))
+        except binascii.Error as error:
+            raise MalformedSignature(f"{where}: {match[1]} block is not valid base64") from error
+    if not blocks:
+        raise MalformedSignature(f"{where}: no PEM block found")
+    return blocks
+
+
+def _base64(value: Any, where: str) -> bytes:
+    """DSSE fields are standard base64; URL-safe base64 is accepted as the spec allows."""
+    if not isinstance(value, str) or not value:
+        raise MalformedSignature(f"{where} must be a non-empty base64 string")
+    # Map the URL-safe alphabet onto the standard one, then decode strictly: a stray
+    # character is an error, never silently dropped.
+    standard = value.replace("-", "+").replace("_", "/")
+    standard += "=" * (-len(standard) % 4)
+    try:
+        return base64.b64decode(standard, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise MalformedSignature(f"{where} is not valid base64") from error
