@@ -1,0 +1,199 @@
+"""PluginGuard installed on a control plane the way a cluster would run it, minus the
+pods: CRDs applied, the webhook and the operator running as local processes, and a
+ValidatingWebhookConfiguration pointing the API server at the webhook on loopback.
+
+Used by the end-to-end tests and by ``make demo``.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import trustme
+import yaml
+from kubernetes import client, config
+
+from tests.controlplane.cluster import Component, ControlPlaneError
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+WEBHOOK_NAME = "pluginguard"
+SYSTEM_NAMESPACE = "pluginguard-system"
+WORKLOADS = [
+    ("", "v1", "pods"),
+    ("apps", "v1", "deployments"), ("apps", "v1", "statefulsets"),
+    ("apps", "v1", "daemonsets"), ("apps", "v1", "replicasets"),
+    ("batch", "v1", "jobs"), ("batch", "v1", "cronjobs"),
+]
+
+
+def install_crds(api: client.ApiClient, *, timeout: float = 30.0) -> list[str]:
+    """Create or replace every CRD in ``crds/``; wait until each is Established."""
+    extensions = client.ApiextensionsV1Api(api)
+    names = []
+    for path in sorted((REPOSITORY / "crds").glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd:
+                continue
+            name = crd["metadata"]["name"]
+            try:
+                extensions.create_custom_resource_definition(crd)
+            except client.ApiException as error:
+                if error.status != 409:
+                    raise
+                current = extensions.read_custom_resource_definition(name)
+                crd["metadata"]["resourceVersion"] = current.metadata.resource_version
+                extensions.replace_custom_resource_definition(name, crd)
+            names.append(name)
+    deadline = time.monotonic() + timeout
+    for name in names:
+        while True:
+            conditions = extensions.read_custom_resource_definition(name).status.conditions or []
+            if any(c.type == "Established" and c.status == "True" for c in conditions):
+                break
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"CRD {name} is not Established after {timeout:.0f}s")
+            time.sleep(0.1)
+    return names
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalPluginGuard:
+    """The webhook and the operator as processes, wired into the API server."""
+
+    def __init__(self, kubeconfig: Path, directory: Path, *, persistent: bool = False) -> None:
+        self.kubeconfig = Path(kubeconfig)
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.persistent = persistent
+        self.api = config.new_client_from_config(str(self.kubeconfig))
+        self.port = _free_port()
+        self.webhook: Component | None = None
+        self.operator: Component | None = None
+        self._ca = trustme.CA(organization_name="PluginGuard test webhook CA")
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> LocalPluginGuard:
+        install_crds(self.api)
+        ensure_namespace(self.api, SYSTEM_NAMESPACE)
+        self.start_webhook()
+        self.start_operator()
+        self.register_webhook()
+        return self
+
+    def start_webhook(self) -> None:
+        served = self._ca.issue_cert("127.0.0.1", "localhost")
+        cert, key = self.directory / "webhook.crt", self.directory / "webhook.key"
+        served.cert_chain_pems[0].write_to_path(str(cert))
+        for extra in served.cert_chain_pems[1:]:
+            extra.write_to_path(str(cert), append=True)
+        served.private_key_pem.write_to_path(str(key))
+        self.webhook = self._component("webhook", [
+            "webhook", "serve", "--tls-cert", str(cert), "--tls-key", str(key),
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--namespace", SYSTEM_NAMESPACE, "--log-format", "text"])
+        self.wait_webhook_ready()
+
+    def start_operator(self, *, standalone: bool = True) -> Component:
+        self.operator = self._component("operator", [
+            "operator", "run", *(["--standalone"] if standalone else []), "--log-format", "text"])
+        return self.operator
+
+    def wait_webhook_ready(self, timeout: float = 60.0) -> None:
+        context = ssl.create_default_context(cadata=self.ca_pem.decode())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.webhook is not None
+            if not self.webhook.running():
+                raise ControlPlaneError(f"webhook exited:\n{self.webhook.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", context=context, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise ControlPlaneError(f"webhook not ready after {timeout:.0f}s:\n{self.webhook.log_tail()}")
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._ca.cert_pem.bytes()
+
+    def register_webhook(self) -> None:
+        """A ValidatingWebhookConfiguration as the chart installs it, on loopback."""
+        bundle = base64.b64encode(self.ca_pem).decode()
+        exempt = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                        "values": ["kube-system", SYSTEM_NAMESPACE]}]}
+
+        def hook(name: str, path: str, rules: list[dict[str, Any]], **selectors: Any) -> dict[str, Any]:
+            return {
+                "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
+                "failurePolicy": "Fail", "matchPolicy": "Equivalent", "timeoutSeconds": 5,
+                "clientConfig": {"url": f"{self.url}{path}", "caBundle": bundle},
+                "rules": rules, "namespaceSelector": exempt, **selectors,
+            }
+
+        workload_rules = [{"apiGroups": [g], "apiVersions": [v], "resources": [r],
+                           "operations": ["CREATE", "UPDATE"]} for g, v, r in WORKLOADS]
+        configuration = {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK_NAME},
+            "webhooks": [
+                hook("plugins.pluginguard.dev", "/validate/plugins", [{
+                    "apiGroups": ["pluginguard.dev"], "apiVersions": ["v1alpha1"],
+                    "resources": ["plugins"], "operations": ["CREATE", "UPDATE"]}]),
+                hook("pods.pluginguard.dev", "/validate/pods", workload_rules),
+            ],
+        }
+        registration = client.AdmissionregistrationV1Api(self.api)
+        try:
+            registration.delete_validating_webhook_configuration(WEBHOOK_NAME)
+        except client.ApiException as error:
+            if error.status != 404:
+                raise
+        registration.create_validating_webhook_configuration(configuration)
+
+    def stop(self) -> None:
+        for component in (self.operator, self.webhook):
+            if component is not None:
+                component.stop(grace=5.0)
+
+    def _component(self, name: str, arguments: list[str]) -> Component:
+        component = Component(
+            name, [sys.executable, "-m", "pluginguard.cli", *arguments],
+            directory=self.directory, detached=self.persistent)
+        component.argv += ["--kubeconfig", str(self.kubeconfig)]
+        component.start()
+        return component
+
+
+def ensure_namespace(api: client.ApiClient, name: str, labels: dict[str, str] | None = None) -> None:
+    core = client.CoreV1Api(api)
+    body = {"metadata": {"name": name, "labels": labels or {}}}
+    try:
+        core.create_namespace(body)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+        core.patch_namespace(name, body)
+    # No controller manager runs here: create the service account it would have made.
+    try:
+        core.create_namespaced_service_account(name, {"metadata": {"name": "default"}})
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+
