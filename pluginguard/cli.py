@@ -1,5 +1,5 @@
-"""The ``pluginguard`` command: sign and verify plugins offline, print their sandbox,
-and run the operator, the admission webhook and the node agent.
+"""pluginguard: sign and verify plugins offline, print their sandbox, and run the
+operator and the admission webhook.
 
 Results go to stdout, diagnostics to stderr. Exit codes: 0 success (verified),
 1 refused, 2 unusable input.
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import dataclasses
 import json
 import logging
 import sys
@@ -98,18 +97,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_deployables(commands: Any) -> None:
-    """Entry points of the operator, webhook and node agent, imported only when used."""
-    try:
-        from pluginguard.operator.cli import add_commands as add_operator
-    except ImportError:
-        add_operator = None
-    try:
-        from pluginguard.webhooks.cli import add_commands as add_webhook
-    except ImportError:
-        add_webhook = None
-    for add in (add_operator, add_webhook):
-        if add is not None:
-            add(commands)
+    """The operator's and the webhook's entry points; their modules import lazily."""
+    from pluginguard.operator.cli import add_commands as add_operator
+    from pluginguard.webhooks.cli import add_commands as add_webhook
+
+    add_operator(commands)
+    add_webhook(commands)
 
 
 def _timestamp(text: str) -> datetime:
@@ -188,7 +181,8 @@ def _seccomp(args: argparse.Namespace) -> int:
 
 def _limits(args: argparse.Namespace) -> int:
     plugin = _plugin(args.plugin)
-    print(json.dumps(dataclasses.asdict(limits(_sandbox(plugin, args.plugin))), indent=2))
+    ceiling = limits(_sandbox(plugin, args.plugin))
+    print(json.dumps({"kubernetes": ceiling.kubernetes(), "cgroup": ceiling.cgroup()}, indent=2))
     return 0
 
 

@@ -92,13 +92,17 @@ class Authority:
     config: Path
 
     def issue(self, name: str, algorithm: str, *, profile: str = "code_signing",
-              days: int = 30) -> tuple[Path, Path]:
+              days: int = 30, window: tuple[str, str] | None = None) -> tuple[Path, Path]:
+        """A key and certificate for ``name``; ``window`` is an explicit validity period
+        as OpenSSL's (startdate, enddate), e.g. ("20200101000000Z", "20210101000000Z")."""
         key = generate_key(self.dir / f"{name}.key", algorithm)
         csr = self.dir / f"{name}.csr"
         openssl("req", "-new", "-key", str(key), "-subj", f"/CN={name}", "-out", str(csr))
         cert = self.dir / f"{name}.pem"
         openssl("ca", "-batch", "-config", str(self.config), "-cert", str(self.cert), "-keyfile",
-                str(self.key), "-extensions", profile, "-days", str(days), "-notext",
+                str(self.key), "-extensions", profile, "-notext",
+                *(["-startdate", window[0], "-enddate", window[1]] if window
+                  else ["-days", str(days)]),
                 "-in", str(csr), "-out", str(cert))
         return key, cert
 

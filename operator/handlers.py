@@ -1,0 +1,150 @@
+"""The operator's kopf handlers: reconcile Plugins when they change, and re-verify the
+Plugins a trust change affects — right away on policy events, and by a short timer for
+changes of referenced Secrets, ConfigMaps, CRLs and namespace labels.
+
+kopf runs these handlers only in the active replica (peering), so two replicas never
+write the same Plugin at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from pluginguard.manifest import GROUP
+from pluginguard.operator.cluster import VERSION, ClusterState
+from pluginguard.operator.events import EventRecorder
+from pluginguard.operator.reconcile import Reconciler
+
+log = logging.getLogger(__name__)
+
+# How often a trust change that no policy event announced is looked for, and how often
+# every Plugin is verified again anyway (certificates expire, CRLs are re-issued).
+TRUST_POLL_SECONDS = 2.0
+RESYNC_SECONDS = 600.0
+
+
+class Operator:
+    """The operator's state: the cluster copy, the reconciler and what it last applied."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.state = ClusterState(api).start()
+        self.events = EventRecorder(api, component="pluginguard-operator")
+        self.reconciler = Reconciler(api, self.state, self.events)
+        self._applied: dict[tuple[str, str], tuple[str, int | None, float]] = {}
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def reconcile(self, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        with self._lock(key):
+            fingerprint = self.state.trust_fingerprint(key[0])
+            self.reconciler.reconcile(body)
+            self._applied[key] = (fingerprint, body["metadata"].get("generation"), time.monotonic())
+
+    def reverify_stale(self, *, everything_older_than: float = RESYNC_SECONDS) -> int:
+        """Reconcile every Plugin whose trust inputs changed since it was last applied."""
+        now, done = time.monotonic(), 0
+        fingerprints: dict[str, str] = {}
+        for body in self.state.plugins.values():
+            key = (body["metadata"]["namespace"], body["metadata"]["name"])
+            applied = self._applied.get(key)
+            if applied is not None:
+                fingerprint, generation, when = applied
+                if key[0] not in fingerprints:
+                    fingerprints[key[0]] = self.state.trust_fingerprint(key[0])
+                if (fingerprint == fingerprints[key[0]]
+                        and generation == body["metadata"].get("generation")
+                        and now - when < everything_older_than):
+                    continue
+            try:
+                self.reconcile(body)
+                done += 1
+            except client.ApiException as error:
+                if error.status != 404:  # a Plugin deleted meanwhile needs nothing
+                    log.warning("re-verify %s/%s: %s", *key, error.reason)
+        return done
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._applied.pop((namespace, name), None)
+
+    def _lock(self, key: tuple[str, str]) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+_operator: Operator | None = None
+
+
+def _current() -> Operator:
+    if _operator is None:
+        raise kopf.TemporaryError("operator state is not initialised yet", delay=1)
+    return _operator
+
+
+@kopf.on.startup()
+def start(settings: kopf.OperatorSettings, **_: Any) -> None:
+    global _operator
+    settings.posting.enabled = False  # Events are ours: aggregated, with our reasons
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration")
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 240
+    kubeconfig = os.environ.get("KUBECONFIG")
+    _operator = Operator(config.new_client_from_config(kubeconfig) if kubeconfig
+                         else _in_cluster())
+    deadline = time.monotonic() + 60
+    while not _operator.state.synced() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@kopf.on.cleanup()
+def stop(**_: Any) -> None:
+    if _operator is not None:
+        _operator.events.flush(timeout=5)
+        _operator.state.stop()
+
+
+@kopf.on.resume(GROUP, VERSION, "plugins")
+@kopf.on.create(GROUP, VERSION, "plugins")
+@kopf.on.update(GROUP, VERSION, "plugins")
+def plugin_changed(body: kopf.Body, **_: Any) -> None:
+    _current().reconcile(_plain(body))
+
+
+@kopf.on.delete(GROUP, VERSION, "plugins", optional=True)
+def plugin_deleted(namespace: str, name: str, **_: Any) -> None:
+    _current().forget(namespace, name)
+
+
+@kopf.on.event(GROUP, VERSION, "plugintrustpolicies")
+def policy_event(**_: Any) -> None:
+    operator = _current()
+    # The policy copy is fed by its own watch; give it the moment it may lag kopf's.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline and not operator.state.policies.synced.is_set():
+        time.sleep(0.05)
+    time.sleep(0.1)
+    operator.reverify_stale()
+
+
+@kopf.timer(GROUP, VERSION, "plugintrustpolicies", interval=TRUST_POLL_SECONDS,
+            sharp=True, idle=None)
+def trust_poll(**_: Any) -> None:
+    _current().reverify_stale()
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return dict(body)
+
+
+def _in_cluster() -> client.ApiClient:
+    config.load_incluster_config()
+    return client.ApiClient()

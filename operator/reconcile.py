@@ -1,0 +1,229 @@
+"""Reconciling one Plugin: verify it, compile its sandbox, publish what nodes and the
+webhook need, and say what happened.
+
+``desired_state`` is pure: from a Plugin object and the trust policies it computes the
+profile ConfigMap, the NetworkPolicy, the status and the events. ``Reconciler`` applies
+that with server-side apply, so a repeated or interrupted reconcile converges to the same
+objects without duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kubernetes import client
+
+from pluginguard.errors import InputError
+from pluginguard.manifest import GROUP, parse_plugin
+from pluginguard.policy import TrustPolicy
+from pluginguard.sandbox import limits, network_policy, normalize_sandbox, seccomp_profile
+from pluginguard.verdict import Reason, Verdict
+from pluginguard.verify import verify_plugin
+from pluginguard.operator.cluster import VERSION, ClusterState
+from pluginguard.operator.events import EventRecorder
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "pluginguard-operator"
+PLUGIN_LABEL = f"{GROUP}/plugin"
+PROFILE_LABEL = f"{GROUP}/seccomp-profile"
+SHA_ANNOTATION = f"{GROUP}/profile-sha256"
+EXPIRY_WARNING = timedelta(days=14)
+
+
+def profile_path(namespace: str, name: str) -> str:
+    """Where the profile lives under the kubelet's seccomp root (``localhostProfile``)."""
+    return f"pluginguard/{namespace}/{name}.json"
+
+
+def profile_config_map_name(plugin_name: str) -> str:
+    return f"pluginguard-profile-{plugin_name}"
+
+
+@dataclass
+class DesiredState:
+    status: dict[str, Any]
+    config_map: dict[str, Any] | None
+    network_policy: dict[str, Any] | None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
+                  namespace_labels: Mapping[str, str], problems: Sequence[str] = (),
+                  at: datetime | None = None) -> DesiredState:
+    """What the cluster should hold for Plugin ``obj``; see the module docstring."""
+    at = at or datetime.now(UTC)
+    metadata = obj["metadata"]
+    namespace, name = metadata.get("namespace", "default"), metadata["name"]
+    previous = obj.get("status") or {}
+    generation = metadata.get("generation")
+
+    # 1. Verification.
+    try:
+        plugin = parse_plugin(obj, where=f"Plugin {namespace}/{name}")
+        verdict = verify_plugin(plugin, policies, namespace_labels=namespace_labels, at=at)
+    except InputError as error:
+        verdict = Verdict(False, Reason.MALFORMED_SIGNATURE, str(error))
+    if not verdict.verified and problems and verdict.reason in (
+            Reason.NO_MATCHING_POLICY, Reason.UNTRUSTED_SIGNER):
+        verdict = Verdict(verdict.verified, verdict.reason,
+                          f"{verdict.message}; policies that do not compile: {'; '.join(problems)}",
+                          algorithm=verdict.algorithm, signer=verdict.signer, chain=verdict.chain,
+                          policy=verdict.policy, enforcement=verdict.enforcement, digest=verdict.digest)
+
+    # 2. Sandbox.
+    owner = _owner(obj)
+    try:
+        sandbox = normalize_sandbox(obj.get("spec", {}).get("sandbox"))
+        profile = seccomp_profile(sandbox)
+        ceiling = limits(sandbox)
+        profile_error = None
+    except InputError as error:
+        profile, ceiling, profile_error = None, None, str(error)
+
+    # 3. Objects the plugin owns.
+    config_map = policy = None
+    if profile is not None:
+        config_map = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": profile_config_map_name(name), "namespace": namespace,
+                "labels": {PROFILE_LABEL: "true", PLUGIN_LABEL: name},
+                "annotations": {SHA_ANNOTATION: profile.sha256},
+                "ownerReferences": [owner],
+            },
+            "data": {"profile.json": profile.json_bytes.decode()},
+        }
+        policy = network_policy(sandbox, namespace=namespace, name=f"pluginguard-{name}",
+                                pod_selector={PLUGIN_LABEL: name})
+        policy.setdefault("metadata", {})["ownerReferences"] = [owner]
+
+    # 4. Status and events.
+    status = _status(verdict, generation=generation, at=at, previous=previous)
+    if profile is not None and ceiling is not None:
+        status["seccomp"] = {
+            "localhostProfile": profile_path(namespace, name),
+            "sha256": profile.sha256,
+            "configMap": profile_config_map_name(name),
+        }
+        status["limits"] = ceiling.status()
+    status["conditions"] = _conditions(verdict, profile_error, generation, at, previous)
+    events = _events(verdict, profile, profile_error, previous, generation, at)
+    return DesiredState(status, config_map, policy, events)
+
+
+def _status(verdict: Verdict, *, generation: int | None, at: datetime,
+            previous: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "verified": verdict.verified,
+        "reason": verdict.reason.value,
+        "message": verdict.message,
+        "signer": verdict.signer,
+        "algorithm": verdict.algorithm,
+        "digest": verdict.digest,
+        "observedGeneration": generation,
+        "lastVerified": _time(at),
+        "nodes": previous.get("nodes") or [],
+    }
+
+
+def _conditions(verdict: Verdict, profile_error: str | None, generation: int | None,
+                at: datetime, previous: Mapping[str, Any]) -> list[dict[str, Any]]:
+    ready = verdict.verified and profile_error is None
+    wanted = [
+        ("Verified", verdict.verified, verdict.reason.value, verdict.message),
+        ("ProfileReady", profile_error is None,
+         "SeccompProfileInvalid" if profile_error else "SeccompProfileGenerated",
+         profile_error or "seccomp profile and limits generated"),
+        ("Ready", ready, "Ready" if ready else (verdict.reason.value if not verdict.verified
+                                                 else "SeccompProfileInvalid"),
+         "plugin verified and sandbox ready" if ready else (
+             verdict.message if not verdict.verified else profile_error or "")),
+    ]
+    before = {c.get("type"): c for c in previous.get("conditions") or []}
+    conditions = []
+    for kind, ok, reason, message in wanted:
+        status = "True" if ok else "False"
+        old = before.get(kind) or {}
+        changed = old.get("status") != status
+        conditions.append({
+            "type": kind, "status": status, "reason": reason, "message": message[:32768],
+            "observedGeneration": generation,
+            "lastTransitionTime": _time(at) if changed or not old.get("lastTransitionTime")
+            else old["lastTransitionTime"],
+        })
+    return conditions
+
+
+def _events(verdict: Verdict, profile: Any, profile_error: str | None,
+            previous: Mapping[str, Any], generation: int | None,
+            at: datetime) -> list[tuple[str, str, str]]:
+    """One event per outcome that changed; identical repeats are aggregated downstream."""
+    events = []
+    fresh = previous.get("observedGeneration") != generation
+    if fresh or previous.get("reason") != verdict.reason.value or previous.get("message") != verdict.message:
+        kind = "Normal" if verdict.verified else "Warning"
+        signer = f" [signer: {verdict.signer}]" if verdict.signer else ""
+        events.append((kind, verdict.reason.value, f"{verdict.message}{signer}"))
+    if profile_error and (fresh or previous.get("seccomp")):
+        events.append(("Warning", "SeccompProfileInvalid", profile_error))
+    elif profile is not None and (previous.get("seccomp") or {}).get("sha256") != profile.sha256:
+        events.append(("Normal", "SeccompProfileGenerated",
+                       f"seccomp profile sha256:{profile.sha256[:16]} generated"))
+    expires = verdict.signer_expires
+    if verdict.verified and expires is not None and expires - at < EXPIRY_WARNING:
+        events.append(("Warning", "CertificateExpiringSoon",
+                       f"certificate of {verdict.signer} expires on {expires.date().isoformat()}"))
+    return events
+
+
+def _owner(obj: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "Plugin",
+        "name": obj["metadata"]["name"], "uid": obj["metadata"]["uid"],
+        "controller": True, "blockOwnerDeletion": True,
+    }
+
+
+def _time(at: datetime) -> str:
+    return at.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class Reconciler:
+    """Applies DesiredState to the cluster."""
+
+    def __init__(self, api: client.ApiClient, state: ClusterState, events: EventRecorder) -> None:
+        self.state = state
+        self.events = events
+        self._core = client.CoreV1Api(api)
+        self._networking = client.NetworkingV1Api(api)
+        self._custom = client.CustomObjectsApi(api)
+
+    def reconcile(self, obj: Mapping[str, Any]) -> DesiredState:
+        metadata = obj["metadata"]
+        namespace, name = metadata["namespace"], metadata["name"]
+        policies, problems = self.state.trust_policies()
+        desired = desired_state(obj, policies, problems=problems,
+                                namespace_labels=self.state.namespace_labels(namespace))
+        if desired.config_map is not None:
+            self._core.patch_namespaced_config_map(
+                desired.config_map["metadata"]["name"], namespace, desired.config_map,
+                field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml")
+        if desired.network_policy is not None:
+            self._networking.patch_namespaced_network_policy(
+                desired.network_policy["metadata"]["name"], namespace, desired.network_policy,
+                field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml")
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, "plugins", name, {"status": desired.status},
+            _content_type="application/merge-patch+json")
+        for type, reason, message in desired.events:
+            self.events.record(dict(obj), type=type, reason=reason, message=message)
+        log.info("plugin %s/%s: %s (%s)", namespace, name, desired.status["reason"],
+                 desired.status["message"])
+        return desired

@@ -1,0 +1,346 @@
+"""PluginGuard end to end: the real API server calls our webhook with real
+AdmissionReviews, validates our CRDs, and the operator reconciles Plugins."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from kubernetes import client
+
+from pluginguard import keys
+from pluginguard.signing import sign_manifest
+from tests import openssl_pki
+from tests.controlplane.pluginguard_local import LocalPluginGuard, ensure_namespace
+from tests.e2e.conftest import eventually
+from tests.plugin_factory import DIGEST, plugin, policy
+
+pytestmark = pytest.mark.e2e
+
+GROUP, VERSION = "pluginguard.dev", "v1alpha1"
+IMAGE = "registry.example/hkp/ratelimit"
+KEY = keys.generate_private_key("ECDSA-P256")
+STRANGER = keys.generate_private_key("Ed25519")
+
+
+def public_pem(key: keys.PrivateKey) -> str:
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+@pytest.fixture(scope="module")
+def namespace(pluginguard: LocalPluginGuard) -> str:
+    name = f"hkp-{uuid.uuid4().hex[:6]}"
+    ensure_namespace(pluginguard.api, name, labels={"team": "keyserver"})
+    return name
+
+
+@pytest.fixture(scope="module")
+def custom(pluginguard: LocalPluginGuard) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(pluginguard.api)
+
+
+@pytest.fixture(scope="module")
+def core(pluginguard: LocalPluginGuard) -> client.CoreV1Api:
+    return client.CoreV1Api(pluginguard.api)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    directory = tmp_path_factory.mktemp("e2e-pki")
+    root = openssl_pki.root_authority(directory, "E2E Root", "ECDSA-P256")
+    return {
+        "root": root,
+        "good": root.issue("publisher", "ECDSA-P256"),
+        "expired": root.issue("old-publisher", "ECDSA-P256",
+                              window=("20200101000000Z", "20210101000000Z")),
+    }
+
+
+@pytest.fixture(scope="module")
+def trust_policy(custom: client.CustomObjectsApi, pluginguard: LocalPluginGuard,
+                 namespace: str, pki: dict[str, Any]) -> dict[str, Any]:
+    document = policy(
+        f"e2e-{namespace}",
+        namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        trustedKeys=[{"name": "release", "publicKey": public_pem(KEY)}],
+        trustedRoots=[{"name": "e2e-root", "certificates": pki["root"].cert.read_text()}],
+    )
+    created = custom.create_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", document)
+    # The webhook decides from its watch-fed copy; wait until a signed Plugin passes a dry run.
+    probe = signed("probe", namespace)
+    eventually(lambda: create_plugin(custom, probe, dry_run=True), what="webhook sees the policy")
+    return created
+
+
+def signed(name: str, namespace: str, **changes: Any) -> dict[str, Any]:
+    document = plugin(name, namespace=namespace, **changes)
+    return sign_manifest(document, key=KEY)
+
+
+def create_plugin(custom: client.CustomObjectsApi, document: dict[str, Any], *,
+                  dry_run: bool = False) -> dict[str, Any]:
+    return custom.create_namespaced_custom_object(
+        GROUP, VERSION, document["metadata"]["namespace"], "plugins", document,
+        dry_run="All" if dry_run else None)
+
+
+class Refusal:
+    """An API error as a person reads it: its HTTP status and the Status message."""
+
+    def __init__(self, error: client.ApiException) -> None:
+        self.status = error.status
+        try:
+            self.body = json.loads(error.body)["message"]
+        except (TypeError, ValueError, KeyError):
+            self.body = str(error.body)
+
+
+def refusal(call: Any) -> Refusal:
+    with pytest.raises(client.ApiException) as caught:
+        call()
+    return Refusal(caught.value)
+
+
+def plugin_pod(name: str, namespace: str, plugin_name: str, **container: Any) -> dict[str, Any]:
+    spec = {
+        "name": "app", "image": f"{IMAGE}@{DIGEST}",
+        "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "seccompProfile": {"type": "Localhost",
+                               "localhostProfile": f"pluginguard/{namespace}/{plugin_name}.json"}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    spec.update(container)
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace,
+                         "labels": {"pluginguard.dev/plugin": plugin_name}},
+            "spec": {"containers": [spec], "volumes": [{"name": "tmp", "emptyDir": {}}]}}
+
+
+def events_for(core: client.CoreV1Api, namespace: str, name: str) -> list[client.CoreV1Event]:
+    listed = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+    return listed.items
+
+
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for entry in (obj.get("status") or {}).get("conditions") or []:
+        if entry["type"] == kind:
+            return entry
+    return None
+
+
+def wait_ready(custom: client.CustomObjectsApi, namespace: str, name: str,
+               status: str = "True") -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "plugins", name)
+        found = condition(obj, "Ready")
+        generation = obj["metadata"]["generation"]
+        if found and found["status"] == status and found["observedGeneration"] == generation:
+            return obj
+        return None
+    return eventually(ready, timeout=30, what=f"Plugin {name} Ready={status}")
+
+
+def test_schema_rejects_an_invalid_field(custom, namespace, pluginguard) -> None:
+    bad = plugin("bad-digest", namespace=namespace, digest="sha256:not-hex")
+    error = refusal(lambda: create_plugin(custom, bad))
+    assert error.status == 422 and "spec.artifact.digest" in error.body
+
+
+def test_signed_plugin_is_admitted_and_becomes_ready(custom, core, namespace, trust_policy) -> None:
+    create_plugin(custom, signed("ratelimit", namespace))
+    obj = wait_ready(custom, namespace, "ratelimit")
+    status = obj["status"]
+    assert status["verified"] is True and status["reason"] == "Verified"
+    assert status["algorithm"] == "ECDSA-P256" and "release" in status["signer"]
+    assert status["seccomp"]["localhostProfile"] == f"pluginguard/{namespace}/ratelimit.json"
+    assert status["limits"]["memory"] == "256Mi" and status["limits"]["cgroup"]["pidsMax"] == 64
+    config_map = core.read_namespaced_config_map("pluginguard-profile-ratelimit", namespace)
+    import hashlib
+    assert hashlib.sha256(config_map.data["profile.json"].encode()).hexdigest() == status["seccomp"]["sha256"]
+    assert config_map.metadata.owner_references[0].name == "ratelimit"
+    policies = client.NetworkingV1Api(core.api_client).read_namespaced_network_policy(
+        "pluginguard-ratelimit", namespace)
+    assert policies.spec.pod_selector.match_labels == {"pluginguard.dev/plugin": "ratelimit"}
+    reasons = eventually(lambda: {e.reason for e in events_for(core, namespace, "ratelimit")}
+                         >= {"Verified", "SeccompProfileGenerated"} and
+                         {e.reason for e in events_for(core, namespace, "ratelimit")},
+                         what="Verified and SeccompProfileGenerated events")
+    assert "Verified" in reasons
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    (lambda d: d["spec"]["artifact"].update(digest="sha256:" + "cd" * 32), "DigestMismatch"),
+    (lambda d: d["spec"]["sandbox"]["seccomp"]["allow"].append("bpf"), "SandboxMismatch"),
+    (lambda d: d["spec"]["sandbox"]["resources"].update(maxMemoryMB=2048), "SandboxMismatch"),
+])
+def test_tampered_plugin_is_refused_at_apply_time(custom, namespace, trust_policy, tamper, reason) -> None:
+    document = signed(f"tampered-{uuid.uuid4().hex[:5]}", namespace)
+    tamper(document)
+    error = refusal(lambda: create_plugin(custom, document))
+    assert error.status == 403
+    assert 'admission webhook "plugins.pluginguard.dev" denied the request' in error.body
+    assert reason in error.body
+
+
+def test_untrusted_key_and_expired_certificate_are_refused(custom, namespace, trust_policy, pki) -> None:
+    stranger = sign_manifest(plugin("stranger", namespace=namespace), key=STRANGER)
+    assert "UntrustedSigner" in refusal(lambda: create_plugin(custom, stranger)).body
+    key_path, cert_path = pki["expired"]
+    old_key = keys.load_private_key(key_path.read_bytes(), where=str(key_path))
+    certificate = keys.load_certificates(cert_path.read_bytes(), where=str(cert_path))
+    expired = sign_manifest(plugin("expired", namespace=namespace), key=old_key, certificates=certificate)
+    error = refusal(lambda: create_plugin(custom, expired))
+    assert "CertificateExpired" in error.body and "expired on 2021-01-01" in error.body
+
+
+def test_certificate_signed_plugin_is_admitted(custom, namespace, trust_policy, pki) -> None:
+    key_path, cert_path = pki["good"]
+    key = keys.load_private_key(key_path.read_bytes(), where=str(key_path))
+    chain = keys.load_certificates(cert_path.read_bytes(), where=str(cert_path))
+    create_plugin(custom, sign_manifest(plugin("certified", namespace=namespace), key=key,
+                                        certificates=chain))
+    obj = wait_ready(custom, namespace, "certified")
+    assert "CN=publisher" in obj["status"]["signer"]
+
+
+def test_good_plugin_pod_is_created(core, custom, namespace, trust_policy) -> None:
+    create_plugin(custom, signed("pods-ok", namespace))
+    wait_ready(custom, namespace, "pods-ok")
+    created = core.create_namespaced_pod(namespace, plugin_pod("good", namespace, "pods-ok"))
+    assert created.metadata.name == "good"
+
+
+@pytest.mark.parametrize("container, fragment", [
+    ({"image": f"{IMAGE}@sha256:{'00' * 32}"}, "is not the signed artifact"),
+    ({"image": f"{IMAGE}:1.0"}, "must be pinned by digest"),
+    ({"securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}},
+     "seccompProfile must be Localhost"),
+    ({"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}}, "limits.memory 1Gi is above"),
+    # The API server itself refuses privileged with allowPrivilegeEscalation false.
+    ({"securityContext": {"privileged": True, "readOnlyRootFilesystem": True}},
+     "must not be privileged"),
+])
+def test_bad_plugin_pod_is_denied_naming_container_and_rule(core, custom, namespace, trust_policy,
+                                                            container, fragment) -> None:
+    name = "pods-bad"
+    try:
+        create_plugin(custom, signed(name, namespace))
+    except client.ApiException as error:
+        assert error.status == 409
+    wait_ready(custom, namespace, name)
+    pod = plugin_pod(f"bad-{uuid.uuid4().hex[:5]}", namespace, name, **container)
+    error = refusal(lambda: core.create_namespaced_pod(namespace, pod))
+    assert error.status == 403
+    assert 'container "app"' in error.body
+    assert fragment in error.body
+
+
+def test_deployment_with_a_bad_template_is_denied(pluginguard, custom, namespace, trust_policy) -> None:
+    create_plugin(custom, signed("deployed", namespace))
+    wait_ready(custom, namespace, "deployed")
+    template = plugin_pod("x", namespace, "deployed", image=f"{IMAGE}:latest")
+    deployment = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "ratelimit", "namespace": namespace},
+        "spec": {"replicas": 1, "selector": {"matchLabels": template["metadata"]["labels"]},
+                 "template": {"metadata": {"labels": template["metadata"]["labels"]},
+                              "spec": template["spec"]}},
+    }
+    apps = client.AppsV1Api(pluginguard.api)
+    error = refusal(lambda: apps.create_namespaced_deployment(namespace, deployment))
+    assert error.status == 403 and "pinned by digest" in error.body
+    good = copy.deepcopy(deployment)
+    good["spec"]["template"]["spec"]["containers"][0]["image"] = f"{IMAGE}@{DIGEST}"
+    assert apps.create_namespaced_deployment(namespace, good).metadata.name == "ratelimit"
+
+
+def test_dry_run_leaves_no_event(core, custom, namespace, trust_policy) -> None:
+    create_plugin(custom, signed("dry", namespace))
+    wait_ready(custom, namespace, "dry")
+    before = {(e.reason, e.count) for e in events_for(core, namespace, "dry")}
+    pod = plugin_pod("dry-bad", namespace, "dry", image=f"{IMAGE}:latest")
+    error = refusal(lambda: core.create_namespaced_pod(namespace, pod, dry_run="All"))
+    assert error.status == 403
+    real = plugin_pod("real-bad", namespace, "dry", image=f"{IMAGE}:latest")
+    refusal(lambda: core.create_namespaced_pod(namespace, real))
+    # The real refusal's Event arrives; by then the dry run's would have too.
+    eventually(lambda: any(e.reason == "PodRefused" for e in events_for(core, namespace, "dry")),
+               what="PodRefused event for the real request")
+    refused = [e for e in events_for(core, namespace, "dry") if e.reason == "PodRefused"]
+    assert len(refused) == 1 and refused[0].count == 1 and "real-bad" in refused[0].message
+    assert before <= {(e.reason, e.count) for e in events_for(core, namespace, "dry")}
+
+
+def test_warn_and_audit_modes(pluginguard, custom, core, kubectl: Path, tmp_path: Path) -> None:
+    namespace = f"modes-{uuid.uuid4().hex[:6]}"
+    ensure_namespace(pluginguard.api, namespace)
+    name = f"modes-{namespace}"
+    document = policy(name, enforcement="warn",
+                      namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                      trustedKeys=[{"name": "release", "publicKey": public_pem(KEY)}])
+    custom.create_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", document)
+    unsigned = plugin("unsigned", namespace=namespace)
+    # Under warn the unsigned Plugin is admitted (with a warning) but never Ready.
+    eventually(lambda: create_plugin(custom, unsigned), what="unsigned Plugin admitted under warn")
+    wait_ready(custom, namespace, "unsigned", status="False")
+    manifest = tmp_path / "pod.yaml"
+    import yaml
+    manifest.write_text(yaml.safe_dump(plugin_pod("warned", namespace, "unsigned")))
+    applied = subprocess.run([str(kubectl), "--kubeconfig", str(pluginguard.kubeconfig), "apply",
+                              "-f", str(manifest)], capture_output=True, text=True, timeout=60)
+    assert applied.returncode == 0, applied.stderr
+    assert "Warning:" in applied.stderr and "SignatureMissing" in applied.stderr
+    custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
+                                       {"spec": {"enforcement": "audit"}})
+
+    def audited() -> bool:
+        pod = plugin_pod(f"audited-{uuid.uuid4().hex[:4]}", namespace, "unsigned")
+        manifest.write_text(yaml.safe_dump(pod))
+        result = subprocess.run([str(kubectl), "--kubeconfig", str(pluginguard.kubeconfig), "apply",
+                                 "-f", str(manifest)], capture_output=True, text=True, timeout=60)
+        return result.returncode == 0 and "Warning:" not in result.stderr
+    eventually(audited, what="audit mode: allowed without a warning")
+    eventually(lambda: any(e.reason == "PodAdmittedUnverified"
+                           for e in events_for(core, namespace, "unsigned")),
+               what="an Event records the audited pod")
+    custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
+                                       {"spec": {"enforcement": "enforce"}})
+    pod = plugin_pod("enforced", namespace, "unsigned")
+    error = eventually(lambda: _refused(core, namespace, pod), what="enforce mode denies")
+    assert "SignatureMissing" in error.body
+
+
+def _refused(core: client.CoreV1Api, namespace: str, pod: dict[str, Any]) -> Refusal | None:
+    try:
+        core.create_namespaced_pod(namespace, pod)
+    except client.ApiException as error:
+        return Refusal(error) if error.status == 403 else None
+    core.delete_namespaced_pod(pod["metadata"]["name"], namespace)
+    return None
+
+
+def test_changing_the_policy_reverifies_existing_plugins(pluginguard, custom, namespace,
+                                                         trust_policy) -> None:
+    create_plugin(custom, signed("reverified", namespace))
+    wait_ready(custom, namespace, "reverified")
+    name = trust_policy["metadata"]["name"]
+    current = custom.get_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name)
+    keys_before = current["spec"]["trustedKeys"]
+    custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
+                                       {"spec": {"trustedKeys": [{"name": "other",
+                                                                   "publicKey": public_pem(STRANGER)}]}})
+    try:
+        obj = wait_ready(custom, namespace, "reverified", status="False")
+        assert obj["status"]["reason"] == "UntrustedSigner"
+    finally:
+        custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
+                                           {"spec": {"trustedKeys": keys_before}})
+    wait_ready(custom, namespace, "reverified")

@@ -1,0 +1,290 @@
+"""Admission decisions for Plugins and plugin pods, without a server around them."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pluginguard.keys import generate_private_key
+from pluginguard.errors import InputError
+from pluginguard.manifest import parse_plugin
+from pluginguard.policy import NoMaterial, TrustPolicy, compile_policy
+from pluginguard.signing import sign_manifest
+from pluginguard.verdict import Verdict
+from pluginguard.verify import verify_plugin
+from pluginguard.webhooks.admission import review
+from tests.plugin_factory import DIGEST, plugin, policy
+
+KEY = generate_private_key("ECDSA-P256")
+PUBLIC_PEM = (
+    KEY.public_key()
+    .public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    .decode()
+)
+IMAGE = "registry.example/hkp/ratelimit"
+
+
+class FakeCluster:
+    """The admission logic's view of a cluster, held in plain dicts."""
+
+    def __init__(self, *policy_docs: dict[str, Any], enforce: bool = False) -> None:
+        self._policies = [compile_policy(p, material=NoMaterial()) for p in policy_docs]
+        self.plugins: dict[tuple[str, str], dict[str, Any]] = {}
+        self.labels = {"hkp": {"pluginguard.dev/enforce": "true"} if enforce else {}}
+
+    def add(self, document: dict[str, Any]) -> dict[str, Any]:
+        document = copy.deepcopy(document)
+        document["metadata"].setdefault("namespace", "hkp")
+        self.plugins[
+            (document["metadata"]["namespace"], document["metadata"]["name"])
+        ] = document
+        return document
+
+    def plugin(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.plugins.get((namespace, name))
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        return self.labels.get(namespace, {})
+
+    def policies(self) -> list[TrustPolicy]:
+        return self._policies
+
+    def verdict(self, document: dict[str, Any]) -> Verdict:
+        return verify_plugin(
+            parse_plugin(document, where="test"),
+            self._policies,
+            namespace_labels=self.namespace_labels("hkp"),
+        )
+
+
+def trusted(**spec: Any) -> dict[str, Any]:
+    return policy(trustedKeys=[{"name": "release", "publicKey": PUBLIC_PEM}], **spec)
+
+
+def signed_plugin(**changes: Any) -> dict[str, Any]:
+    return sign_manifest(plugin(**changes), key=KEY)
+
+
+def good_pod(name: str = "ratelimit", **overrides: Any) -> dict[str, Any]:
+    container = {
+        "name": "app",
+        "image": f"{IMAGE}@{DIGEST}",
+        "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "seccompProfile": {
+                "type": "Localhost",
+                "localhostProfile": f"pluginguard/hkp/{name}.json",
+            },
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    container.update(overrides)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "rl-1",
+            "namespace": "hkp",
+            "labels": {"pluginguard.dev/plugin": name},
+        },
+        "spec": {
+            "containers": [container],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
+def admission(
+    obj: dict[str, Any],
+    *,
+    kind: str = "Pod",
+    namespace: str = "hkp",
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "3a1c-uid",
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "namespace": namespace,
+            "name": obj["metadata"].get("name"),
+            "operation": "CREATE",
+            "object": obj,
+            "dryRun": dry_run,
+        },
+    }
+
+
+def decide(
+    cluster: FakeCluster, obj: dict[str, Any], endpoint: str = "pods", **kw: Any
+):
+    uid, decision = review(admission(obj, **kw), cluster, kind=endpoint)
+    assert uid == "3a1c-uid"
+    return decision
+
+
+def test_signed_plugin_is_admitted_and_tampered_one_refused() -> None:
+    cluster = FakeCluster(trusted())
+    assert decide(cluster, signed_plugin(), "plugins", kind="Plugin").allowed
+    tampered = signed_plugin()
+    tampered["spec"]["sandbox"]["resources"]["maxMemoryMB"] = 1024
+    decision = decide(cluster, tampered, "plugins", kind="Plugin")
+    assert not decision.allowed and decision.reason == "SandboxMismatch"
+    assert "maxMemoryMB" in decision.message
+
+
+def test_plugin_with_uncompilable_sandbox_is_refused() -> None:
+    broken = signed_plugin()
+    broken["spec"]["sandbox"]["seccomp"]["allow"] = ["definitely_not_a_syscall"]
+    decision = decide(FakeCluster(trusted()), broken, "plugins", kind="Plugin")
+    assert not decision.allowed and "definitely_not_a_syscall" in decision.message
+
+
+def test_good_plugin_pod_is_allowed() -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    decision = decide(cluster, good_pod())
+    assert decision.allowed, decision.message
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"image": f"{IMAGE}@sha256:{'00' * 32}"}, "is not the signed artifact"),
+        ({"image": f"{IMAGE}:v1.2"}, "must be pinned by digest"),
+        (
+            {
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                }
+            },
+            "seccompProfile must be Localhost",
+        ),
+        ({"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}}, "memory"),
+        (
+            {
+                "securityContext": {
+                    "privileged": True,
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "seccompProfile": {
+                        "type": "Localhost",
+                        "localhostProfile": "pluginguard/hkp/ratelimit.json",
+                    },
+                }
+            },
+            "privileged",
+        ),
+    ],
+)
+def test_bad_plugin_pod_is_denied_naming_container_and_rule(
+    overrides: dict[str, Any], fragment: str
+) -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    decision = decide(cluster, good_pod(**overrides))
+    assert not decision.allowed
+    assert 'container "app"' in decision.message and fragment in decision.message
+
+
+def test_pod_of_an_unverified_plugin_is_denied() -> None:
+    cluster = FakeCluster(trusted())
+    unsigned = plugin()
+    cluster.add(unsigned)
+    decision = decide(cluster, good_pod())
+    assert not decision.allowed and decision.reason == "SignatureMissing"
+
+
+def test_pod_of_a_missing_plugin_is_denied() -> None:
+    decision = decide(FakeCluster(trusted()), good_pod("nonexistent"))
+    assert not decision.allowed and "does not exist" in decision.message
+
+
+@pytest.mark.parametrize("enforcement, warned", [("warn", True), ("audit", False)])
+def test_warn_and_audit_allow_an_unverified_plugin(
+    enforcement: str, warned: bool
+) -> None:
+    cluster = FakeCluster(trusted(enforcement=enforcement))
+    cluster.add(plugin())
+    decision = decide(cluster, good_pod())
+    assert decision.allowed and decision.audit
+    assert bool(decision.warnings) is warned
+    response = decision.response("u")["response"]
+    assert ("warnings" in response) is warned
+
+
+def test_enforced_namespace_refuses_pods_that_are_not_plugin_pods() -> None:
+    pod = good_pod()
+    del pod["metadata"]["labels"]
+    assert decide(FakeCluster(trusted()), pod).allowed
+    decision = decide(FakeCluster(trusted(), enforce=True), pod)
+    assert not decision.allowed and decision.reason == "NotAPluginPod"
+
+
+@pytest.mark.parametrize(
+    "kind, wrap",
+    [
+        ("Deployment", lambda pod: {"spec": {"template": pod}}),
+        ("Job", lambda pod: {"spec": {"template": pod}}),
+        ("CronJob", lambda pod: {"spec": {"jobTemplate": {"spec": {"template": pod}}}}),
+    ],
+)
+def test_workload_templates_are_checked(kind: str, wrap: Any) -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    template = good_pod(image=f"{IMAGE}:latest")
+    workload = {
+        "apiVersion": "apps/v1",
+        "kind": kind,
+        "metadata": {"name": "w", "namespace": "hkp"},
+        **wrap({"metadata": template["metadata"], "spec": template["spec"]}),
+    }
+    decision = decide(cluster, workload, kind=kind)
+    assert not decision.allowed and "pinned by digest" in decision.message
+    template_ok = good_pod()
+    workload_ok = {
+        **workload,
+        **wrap({"metadata": template_ok["metadata"], "spec": template_ok["spec"]}),
+    }
+    assert decide(cluster, workload_ok, kind=kind).allowed
+
+
+def test_kube_system_is_exempt() -> None:
+    decision = decide(
+        FakeCluster(trusted(), enforce=True),
+        good_pod("missing"),
+        namespace="kube-system",
+    )
+    assert decision.allowed
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"kind": "AdmissionReview"},
+        {"kind": "AdmissionReview", "request": {"uid": 7}},
+        [],
+        "x",
+    ],
+)
+def test_a_body_that_is_not_an_admission_review_raises(body: Any) -> None:
+    with pytest.raises(InputError):
+        review(body, FakeCluster(trusted()), kind="pods")
+
+
+def test_a_malformed_pod_is_denied_not_crashed() -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    pod = good_pod()
+    pod["spec"]["containers"] = "not a list"
+    decision = decide(cluster, pod)
+    assert not decision.allowed

@@ -1,0 +1,246 @@
+"""Admission decisions for Plugins and plugin pods, from an AdmissionReview to its answer.
+
+Pure logic: what the cluster looks like comes through a ``Cluster`` (the webhook's
+in-memory copies), so every decision can be reached, and tested, without an API server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pluginguard.errors import InputError
+from pluginguard.manifest import GROUP, parse_plugin
+from pluginguard.policy import TrustPolicy
+from pluginguard.sandbox import check_pod, normalize_sandbox, pod_rules, seccomp_profile
+from pluginguard.verdict import Enforcement, Reason, Verdict
+from pluginguard.verify import verify_plugin
+
+log = logging.getLogger(__name__)
+
+PLUGIN_LABEL = f"{GROUP}/plugin"
+ENFORCE_LABEL = f"{GROUP}/enforce"
+EXEMPT_NAMESPACES = frozenset({"kube-system"})
+
+# Where each workload kind keeps the pod it will create.
+_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
+    "Pod": (),
+    "Deployment": ("spec", "template"),
+    "StatefulSet": ("spec", "template"),
+    "DaemonSet": ("spec", "template"),
+    "ReplicaSet": ("spec", "template"),
+    "ReplicationController": ("spec", "template"),
+    "Job": ("spec", "template"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+class Cluster(Protocol):
+    """What a decision needs to know of the cluster; answered from memory."""
+
+    def plugin(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
+    def verdict(self, plugin: dict[str, Any]) -> Verdict: ...
+
+    def policies(self) -> list[TrustPolicy]: ...
+
+
+@dataclass
+class Decision:
+    """An admission answer plus what should be recorded about it."""
+
+    allowed: bool
+    message: str = ""
+    reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+    plugin: dict[str, Any] | None = None  # the Plugin an Event about this belongs to
+    verdict: Verdict | None = None
+    audit: bool = False  # a violation allowed only because the policy says audit/warn
+
+    def response(self, uid: str) -> dict[str, Any]:
+        answer: dict[str, Any] = {"uid": uid, "allowed": self.allowed}
+        if not self.allowed:
+            answer["status"] = {"code": 403, "reason": "Forbidden", "message": self.message}
+        if self.warnings:
+            answer["warnings"] = [w[:1000] for w in self.warnings]
+        return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
+
+
+def review_plugin(request: Mapping[str, Any], cluster: Cluster) -> Decision:
+    """Validate a Plugin CREATE or UPDATE: it must verify and its sandbox must compile."""
+    obj = request.get("object") or {}
+    namespace = request.get("namespace") or (obj.get("metadata") or {}).get("namespace") or "default"
+    obj = {**obj, "metadata": {**(obj.get("metadata") or {}), "namespace": namespace}}
+    try:
+        plugin = parse_plugin(obj, where="Plugin")
+        sandbox = normalize_sandbox(plugin.sandbox)
+        seccomp_profile(sandbox)
+    except InputError as error:
+        return Decision(False, f"PluginGuard: {error}", reason="SeccompProfileInvalid")
+    verdict = verify_plugin(plugin, cluster.policies(),
+                            namespace_labels=cluster.namespace_labels(namespace))
+    if verdict.verified:
+        return Decision(True, verdict.message, reason=verdict.reason.value, verdict=verdict)
+    message = f"PluginGuard refused Plugin {namespace}/{plugin.name}: {verdict.reason}: {verdict.message}"
+    return _enforced(message, verdict, plugin=obj)
+
+
+def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
+               own_namespace: str | None = None) -> Decision:
+    """Validate a pod, or the pod template of a workload; see the module docstring."""
+    kind = (request.get("kind") or {}).get("kind", "")
+    namespace = request.get("namespace") or "default"
+    if namespace in EXEMPT_NAMESPACES or namespace == own_namespace:
+        return Decision(True, reason="Exempt")
+    template = _template(request.get("object") or {}, kind)
+    if template is None:
+        return Decision(True, reason="NotAPod")
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    what = _describe(kind, request)
+    name = labels.get(PLUGIN_LABEL)
+    if not name:
+        if cluster.namespace_labels(namespace).get(ENFORCE_LABEL) == "true":
+            return Decision(False, f"PluginGuard: {what} in namespace {namespace} (labelled "
+                                   f"{ENFORCE_LABEL}=true) must be a plugin pod with label {PLUGIN_LABEL}",
+                            reason="NotAPluginPod")
+        return Decision(True, reason="NotAPluginPod")
+
+    plugin = cluster.plugin(namespace, name)
+    if plugin is None:
+        return Decision(False, f"PluginGuard: {what}: Plugin {namespace}/{name} does not exist",
+                        reason="PluginNotFound")
+    verdict = cluster.verdict(plugin)
+    if not verdict.verified:
+        message = (f"PluginGuard: {what}: Plugin {namespace}/{name} is not trusted: "
+                   f"{verdict.reason}: {verdict.message}")
+        decision = _enforced(message, verdict, plugin=plugin)
+        if not decision.allowed:
+            return decision
+        warnings = decision.warnings
+    else:
+        warnings = []
+
+    spec = template.get("spec")
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("containers"), list) \
+            or not spec["containers"]:
+        return Decision(False, f"PluginGuard: {what}: the pod spec has no list of containers",
+                        reason="PodViolatesSandbox", plugin=plugin, verdict=verdict)
+    violations = list(_image_violations(spec, plugin))
+    violations += _sandbox_violations(spec, plugin)
+    if violations:
+        return Decision(False, f"PluginGuard: {what} breaks the sandbox of Plugin "
+                               f"{namespace}/{name}: " + "; ".join(violations),
+                        reason="PodViolatesSandbox", plugin=plugin, verdict=verdict)
+    return Decision(True, reason=verdict.reason.value, warnings=warnings, plugin=plugin,
+                    verdict=verdict, audit=bool(warnings) or not verdict.verified)
+
+
+def _enforced(message: str, verdict: Verdict, *, plugin: dict[str, Any]) -> Decision:
+    """Refuse, warn or only record, as the deciding policy's enforcement says."""
+    if verdict.enforcement is Enforcement.ENFORCE or verdict.reason is Reason.NO_MATCHING_POLICY:
+        return Decision(False, message, reason=verdict.reason.value, plugin=plugin, verdict=verdict)
+    warnings = [message] if verdict.enforcement is Enforcement.WARN else []
+    return Decision(True, message, reason=verdict.reason.value, warnings=warnings,
+                    plugin=plugin, verdict=verdict, audit=True)
+
+
+def _template(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    path = _TEMPLATE_PATHS.get(kind)
+    if path is None:
+        return None
+    found: Any = obj
+    for step in path:
+        found = found.get(step) if isinstance(found, Mapping) else None
+    return found if isinstance(found, Mapping) else None
+
+
+def _describe(kind: str, request: Mapping[str, Any]) -> str:
+    name = request.get("name") or ((request.get("object") or {}).get("metadata") or {}).get(
+        "generateName", "") + "*"
+    return f"{kind} {request.get('namespace', 'default')}/{name}"
+
+
+def _image_violations(spec: Mapping[str, Any], plugin: Mapping[str, Any]) -> Iterator[str]:
+    artifact = (plugin.get("spec") or {}).get("artifact") or {}
+    digest, repository = artifact.get("digest", ""), artifact.get("image")
+    wanted = _normal_repository(repository) if repository else None
+    for label, image in _images(spec):
+        repo, tag, pinned = _split_reference(image)
+        if wanted is not None and _normal_repository(repo) != wanted:
+            continue
+        if pinned is None:
+            yield f'{label}: image "{image}" must be pinned by digest ({repo}@{digest}), not by tag'
+        elif pinned != digest:
+            yield f'{label}: image "{image}" is not the signed artifact {digest}'
+
+
+def _images(spec: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    for key, label in (("initContainers", "init container"), ("containers", "container"),
+                       ("ephemeralContainers", "ephemeral container")):
+        for container in spec.get(key) or []:
+            if isinstance(container, Mapping):
+                yield f'{label} "{container.get("name", "")}"', str(container.get("image", ""))
+    for volume in spec.get("volumes") or []:
+        if isinstance(volume, Mapping) and isinstance(volume.get("image"), Mapping):
+            yield f'image volume "{volume.get("name", "")}"', str(volume["image"].get("reference", ""))
+
+
+def _split_reference(image: str) -> tuple[str, str | None, str | None]:
+    """``repo[:tag][@digest]`` into its parts; a port in the registry is not a tag."""
+    rest, _, digest = image.partition("@")
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    tag = None
+    if colon > slash:
+        rest, tag = rest[:colon], rest[colon + 1:]
+    return rest, tag, digest or None
+
+
+def _normal_repository(repository: str) -> str:
+    """Docker's shorthand spelled out: ``nginx`` is ``docker.io/library/nginx``."""
+    first, _, remainder = repository.partition("/")
+    if not remainder:
+        return f"docker.io/library/{repository}"
+    if "." not in first and ":" not in first and first != "localhost":
+        return f"docker.io/{repository}"
+    return repository
+
+
+def _sandbox_violations(spec: Mapping[str, Any], plugin: Mapping[str, Any]) -> list[str]:
+    metadata = plugin.get("metadata") or {}
+    status = plugin.get("status") or {}
+    path = (status.get("seccomp") or {}).get("localhostProfile") or \
+        f"pluginguard/{metadata.get('namespace', 'default')}/{metadata.get('name')}.json"
+    try:
+        rules = pod_rules((plugin.get("spec") or {}).get("sandbox") or {}, profile_path=path)
+    except InputError as error:
+        return [f"the Plugin's sandbox does not compile ({error})"]
+    return check_pod(spec, rules)
+
+
+def review(body: Any, cluster: Cluster, *, kind: str,
+           own_namespace: str | None = None) -> tuple[str, Decision]:
+    """The uid and decision for an AdmissionReview ``body`` sent to endpoint ``kind``.
+
+    Raises InputError when ``body`` is not an AdmissionReview v1 request.
+    """
+    if not isinstance(body, Mapping) or body.get("kind") != "AdmissionReview":
+        raise InputError("body", "not an AdmissionReview")
+    request = body.get("request")
+    if not isinstance(request, Mapping) or not isinstance(request.get("uid"), str):
+        raise InputError("request", "an AdmissionReview request with a uid is required")
+    handlers: dict[str, Callable[..., Decision]] = {
+        "plugins": lambda: review_plugin(request, cluster),
+        "pods": lambda: review_pod(request, cluster, own_namespace=own_namespace),
+    }
+    try:
+        return request["uid"], handlers[kind]()
+    except (InputError, TypeError, AttributeError, KeyError, ValueError) as error:
+        # Fail closed, with a message: a malformed object is never waved through.
+        log.warning("cannot decide %s: %s", kind, error)
+        return request["uid"], Decision(False, f"PluginGuard could not evaluate this object: {error}",
+                                        reason="InternalError")
