@@ -24,6 +24,15 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--log-format", choices=["text", "json"], default="json")
     run.set_defaults(run=_run)
 
+    agent = commands.add_parser("node-agent", help="install seccomp profiles on this node")
+    agent.add_argument("--root", default="/var/lib/kubelet/seccomp",
+                       help="the kubelet's seccomp directory (profiles go to ROOT/pluginguard)")
+    agent.add_argument("--node-name", default=os.environ.get("NODE_NAME"),
+                       help="this node's name (default: $NODE_NAME)")
+    agent.add_argument("--kubeconfig", help="default: $KUBECONFIG, else in-cluster")
+    agent.add_argument("--log-format", choices=["text", "json"], default="json")
+    agent.set_defaults(run=_node_agent)
+
 
 def _run(args: argparse.Namespace) -> int:
     # Before kopf and the kubernetes client load: both read $KUBECONFIG on import.
@@ -42,4 +51,25 @@ def _run(args: argparse.Namespace) -> int:
         priority=args.priority,
         liveness_endpoint=args.liveness,
     ))
+    return 0
+
+
+def _node_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kubernetes import client, config
+
+    from pluginguard.errors import InputError
+    from pluginguard.operator.node_agent import NodeAgent
+
+    if not args.node_name:
+        raise InputError("--node-name", "is required (or set $NODE_NAME, e.g. from the downward API)")
+    configure_logging(args.log_format, verbose=args.verbose)
+    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        api = config.new_client_from_config(kubeconfig)
+    else:
+        config.load_incluster_config()
+        api = client.ApiClient()
+    NodeAgent(api, root=Path(args.root), node_name=args.node_name).run()
     return 0

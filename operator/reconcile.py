@@ -19,6 +19,13 @@ from kubernetes import client
 
 from pluginguard.errors import InputError
 from pluginguard.manifest import GROUP, parse_plugin
+from pluginguard.names import (
+    PLUGIN_LABEL,
+    PROFILE_LABEL,
+    PROFILE_SHA_ANNOTATION,
+    profile_config_map,
+    profile_path,
+)
 from pluginguard.policy import TrustPolicy
 from pluginguard.sandbox import limits, network_policy, normalize_sandbox, seccomp_profile
 from pluginguard.verdict import Reason, Verdict
@@ -29,19 +36,7 @@ from pluginguard.operator.events import EventRecorder
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "pluginguard-operator"
-PLUGIN_LABEL = f"{GROUP}/plugin"
-PROFILE_LABEL = f"{GROUP}/seccomp-profile"
-SHA_ANNOTATION = f"{GROUP}/profile-sha256"
 EXPIRY_WARNING = timedelta(days=14)
-
-
-def profile_path(namespace: str, name: str) -> str:
-    """Where the profile lives under the kubelet's seccomp root (``localhostProfile``)."""
-    return f"pluginguard/{namespace}/{name}.json"
-
-
-def profile_config_map_name(plugin_name: str) -> str:
-    return f"pluginguard-profile-{plugin_name}"
 
 
 @dataclass
@@ -91,9 +86,9 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
         config_map = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {
-                "name": profile_config_map_name(name), "namespace": namespace,
+                "name": profile_config_map(name), "namespace": namespace,
                 "labels": {PROFILE_LABEL: "true", PLUGIN_LABEL: name},
-                "annotations": {SHA_ANNOTATION: profile.sha256},
+                "annotations": {PROFILE_SHA_ANNOTATION: profile.sha256},
                 "ownerReferences": [owner],
             },
             "data": {"profile.json": profile.json_bytes.decode()},
@@ -108,7 +103,7 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
         status["seccomp"] = {
             "localhostProfile": profile_path(namespace, name),
             "sha256": profile.sha256,
-            "configMap": profile_config_map_name(name),
+            "configMap": profile_config_map(name),
         }
         status["limits"] = ceiling.status()
     status["conditions"] = _conditions(verdict, profile_error, generation, at, previous)

@@ -6,13 +6,22 @@ in-memory copies), so every decision can be reached, and tested, without an API 
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pluginguard.errors import InputError
-from pluginguard.manifest import GROUP, parse_plugin
+from pluginguard.manifest import parse_plugin
+from pluginguard.names import (
+    ENFORCE_LABEL,
+    PLUGIN_LABEL,
+    node_label,
+    node_label_value,
+    profile_path,
+)
 from pluginguard.policy import TrustPolicy
 from pluginguard.sandbox import check_pod, normalize_sandbox, pod_rules, seccomp_profile
 from pluginguard.verdict import Enforcement, Reason, Verdict
@@ -20,8 +29,6 @@ from pluginguard.verify import verify_plugin
 
 log = logging.getLogger(__name__)
 
-PLUGIN_LABEL = f"{GROUP}/plugin"
-ENFORCE_LABEL = f"{GROUP}/enforce"
 EXEMPT_NAMESPACES = frozenset({"kube-system"})
 
 # Where each workload kind keeps the pod it will create.
@@ -60,9 +67,13 @@ class Decision:
     plugin: dict[str, Any] | None = None  # the Plugin an Event about this belongs to
     verdict: Verdict | None = None
     audit: bool = False  # a violation allowed only because the policy says audit/warn
+    patch: list[dict[str, Any]] | None = None  # JSON Patch, from the mutating endpoint
 
     def response(self, uid: str) -> dict[str, Any]:
         answer: dict[str, Any] = {"uid": uid, "allowed": self.allowed}
+        if self.patch:
+            answer["patchType"] = "JSONPatch"
+            answer["patch"] = base64.b64encode(json.dumps(self.patch).encode()).decode()
         if not self.allowed:
             answer["status"] = {"code": 403, "reason": "Forbidden", "message": self.message}
         if self.warnings:
@@ -213,13 +224,95 @@ def _normal_repository(repository: str) -> str:
 def _sandbox_violations(spec: Mapping[str, Any], plugin: Mapping[str, Any]) -> list[str]:
     metadata = plugin.get("metadata") or {}
     status = plugin.get("status") or {}
-    path = (status.get("seccomp") or {}).get("localhostProfile") or \
-        f"pluginguard/{metadata.get('namespace', 'default')}/{metadata.get('name')}.json"
+    path = (status.get("seccomp") or {}).get("localhostProfile") or profile_path(
+        metadata.get("namespace", "default"), str(metadata.get("name")))
     try:
         rules = pod_rules((plugin.get("spec") or {}).get("sandbox") or {}, profile_path=path)
     except InputError as error:
         return [f"the Plugin's sandbox does not compile ({error})"]
     return check_pod(spec, rules)
+
+
+def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:
+    """Complete a plugin pod from its Plugin: a required node affinity on nodes that hold
+    the current profile, and the seccompProfile and limits where the pod has none.
+
+    Never refuses: the validating endpoint judges the result.
+    """
+    pod = request.get("object") or {}
+    namespace = request.get("namespace") or "default"
+    name = ((pod.get("metadata") or {}).get("labels") or {}).get(PLUGIN_LABEL)
+    plugin = cluster.plugin(namespace, name) if name else None
+    if plugin is None or (request.get("kind") or {}).get("kind") != "Pod":
+        return Decision(True, reason="NotMutated")
+    status = plugin.get("status") or {}
+    sha256 = (status.get("seccomp") or {}).get("sha256")
+    if not sha256:
+        return Decision(True, reason="ProfileNotReady")
+    spec = pod.get("spec") or {}
+    patch = _affinity_patch(spec, node_label(namespace, name), node_label_value(sha256))
+    patch += _seccomp_patch(spec, status["seccomp"].get("localhostProfile")
+                            or profile_path(namespace, name))
+    limits = (status.get("limits") or {})
+    patch += _limits_patch(spec, {k: limits[k] for k in ("memory", "cpu") if limits.get(k)})
+    return Decision(True, reason="Mutated" if patch else "NotMutated", patch=patch or None)
+
+
+def _affinity_patch(spec: Mapping[str, Any], key: str, value: str) -> list[dict[str, Any]]:
+    term = {"matchExpressions": [{"key": key, "operator": "In", "values": [value]}]}
+    affinity = spec.get("affinity")
+    if not isinstance(affinity, Mapping):
+        return [{"op": "add", "path": "/spec/affinity",
+                 "value": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                     "nodeSelectorTerms": [term]}}}}]
+    node = affinity.get("nodeAffinity")
+    if not isinstance(node, Mapping):
+        return [{"op": "add", "path": "/spec/affinity/nodeAffinity",
+                 "value": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}]
+    required = node.get("requiredDuringSchedulingIgnoredDuringExecution")
+    if not isinstance(required, Mapping) or not required.get("nodeSelectorTerms"):
+        return [{"op": "add", "path": "/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution",
+                 "value": {"nodeSelectorTerms": [term]}}]
+    # Terms are ORed: the requirement must join every one of them.
+    patch = []
+    for index, existing in enumerate(required["nodeSelectorTerms"]):
+        expressions = existing.get("matchExpressions") or []
+        if any(e.get("key") == key for e in expressions):
+            continue
+        base = f"/spec/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms/{index}"
+        if "matchExpressions" in existing:
+            patch.append({"op": "add", "path": f"{base}/matchExpressions/-", "value": term["matchExpressions"][0]})
+        else:
+            patch.append({"op": "add", "path": f"{base}/matchExpressions", "value": term["matchExpressions"]})
+    return patch
+
+
+def _seccomp_patch(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+    context = spec.get("securityContext")
+    profile = {"type": "Localhost", "localhostProfile": path}
+    if not isinstance(context, Mapping):
+        return [{"op": "add", "path": "/spec/securityContext", "value": {"seccompProfile": profile}}]
+    if "seccompProfile" not in context:
+        return [{"op": "add", "path": "/spec/securityContext/seccompProfile", "value": profile}]
+    return []
+
+
+def _limits_patch(spec: Mapping[str, Any], ceiling: Mapping[str, str]) -> list[dict[str, Any]]:
+    patch: list[dict[str, Any]] = []
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            base = f"/spec/{key}/{index}/resources"
+            resources = container.get("resources")
+            if not isinstance(resources, Mapping):
+                patch.append({"op": "add", "path": base, "value": {"limits": dict(ceiling)}})
+                continue
+            limits = resources.get("limits")
+            if not isinstance(limits, Mapping):
+                patch.append({"op": "add", "path": f"{base}/limits", "value": dict(ceiling)})
+                continue
+            patch += [{"op": "add", "path": f"{base}/limits/{name}", "value": value}
+                      for name, value in ceiling.items() if name not in limits]
+    return patch
 
 
 def review(body: Any, cluster: Cluster, *, kind: str,
@@ -236,6 +329,7 @@ def review(body: Any, cluster: Cluster, *, kind: str,
     handlers: dict[str, Callable[..., Decision]] = {
         "plugins": lambda: review_plugin(request, cluster),
         "pods": lambda: review_pod(request, cluster, own_namespace=own_namespace),
+        "mutate-pods": lambda: mutate_pod(request, cluster),
     }
     try:
         return request["uid"], handlers[kind]()

@@ -148,7 +148,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
     app = web.Application(client_max_size=MAX_BODY_BYTES)
 
     async def admit(request: web.Request) -> web.Response:
-        kind = request.match_info["kind"]
+        kind = request.match_info.get("kind", "mutate-pods")
         started = time.perf_counter()
         try:
             body = json.loads(await request.read())
@@ -186,6 +186,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app.router.add_post("/validate/{kind:plugins|pods}", admit)
+    app.router.add_post("/mutate/pods", admit)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -159,13 +159,42 @@ class LocalPluginGuard:
                 hook("pods.pluginguard.dev", "/validate/pods", workload_rules),
             ],
         }
+        mutating = {
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": WEBHOOK_NAME},
+            "webhooks": [{
+                **hook("mutate-pods.pluginguard.dev", "/mutate/pods", [{
+                    "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
+                    "operations": ["CREATE"]}]),
+                "objectSelector": {"matchExpressions": [
+                    {"key": "pluginguard.dev/plugin", "operator": "Exists"}]},
+                "reinvocationPolicy": "IfNeeded",
+            }],
+        }
         registration = client.AdmissionregistrationV1Api(self.api)
-        try:
-            registration.delete_validating_webhook_configuration(WEBHOOK_NAME)
-        except client.ApiException as error:
-            if error.status != 404:
-                raise
-        registration.create_validating_webhook_configuration(configuration)
+        for delete, create, body in (
+            (registration.delete_validating_webhook_configuration,
+             registration.create_validating_webhook_configuration, configuration),
+            (registration.delete_mutating_webhook_configuration,
+             registration.create_mutating_webhook_configuration, mutating),
+        ):
+            try:
+                delete(WEBHOOK_NAME)
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
+            create(body)
+
+    def unregister_webhook(self) -> None:
+        """Remove both webhook configurations: the break-glass step of an outage."""
+        registration = client.AdmissionregistrationV1Api(self.api)
+        for delete in (registration.delete_validating_webhook_configuration,
+                       registration.delete_mutating_webhook_configuration):
+            try:
+                delete(WEBHOOK_NAME)
+            except client.ApiException as error:
+                if error.status != 404:
+                    raise
 
     def stop(self) -> None:
         for component in (self.operator, self.webhook):

@@ -4,148 +4,36 @@ AdmissionReviews, validates our CRDs, and the operator reconciles Plugins."""
 from __future__ import annotations
 
 import copy
-import json
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from kubernetes import client
 
 from pluginguard import keys
 from pluginguard.signing import sign_manifest
-from tests import openssl_pki
-from tests.controlplane.pluginguard_local import LocalPluginGuard, ensure_namespace
-from tests.e2e.conftest import eventually
+from tests.controlplane.pluginguard_local import ensure_namespace
+from tests.e2e.plugins import (
+    GROUP,
+    IMAGE,
+    KEY,
+    STRANGER,
+    VERSION,
+    Refusal,
+    create_plugin,
+    eventually,
+    events_for,
+    plugin_pod,
+    public_pem,
+    refusal,
+    signed,
+    wait_ready,
+)
 from tests.plugin_factory import DIGEST, plugin, policy
 
 pytestmark = pytest.mark.e2e
-
-GROUP, VERSION = "pluginguard.dev", "v1alpha1"
-IMAGE = "registry.example/hkp/ratelimit"
-KEY = keys.generate_private_key("ECDSA-P256")
-STRANGER = keys.generate_private_key("Ed25519")
-
-
-def public_pem(key: keys.PrivateKey) -> str:
-    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode()
-
-
-@pytest.fixture(scope="module")
-def namespace(pluginguard: LocalPluginGuard) -> str:
-    name = f"hkp-{uuid.uuid4().hex[:6]}"
-    ensure_namespace(pluginguard.api, name, labels={"team": "keyserver"})
-    return name
-
-
-@pytest.fixture(scope="module")
-def custom(pluginguard: LocalPluginGuard) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(pluginguard.api)
-
-
-@pytest.fixture(scope="module")
-def core(pluginguard: LocalPluginGuard) -> client.CoreV1Api:
-    return client.CoreV1Api(pluginguard.api)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    directory = tmp_path_factory.mktemp("e2e-pki")
-    root = openssl_pki.root_authority(directory, "E2E Root", "ECDSA-P256")
-    return {
-        "root": root,
-        "good": root.issue("publisher", "ECDSA-P256"),
-        "expired": root.issue("old-publisher", "ECDSA-P256",
-                              window=("20200101000000Z", "20210101000000Z")),
-    }
-
-
-@pytest.fixture(scope="module")
-def trust_policy(custom: client.CustomObjectsApi, pluginguard: LocalPluginGuard,
-                 namespace: str, pki: dict[str, Any]) -> dict[str, Any]:
-    document = policy(
-        f"e2e-{namespace}",
-        namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-        trustedKeys=[{"name": "release", "publicKey": public_pem(KEY)}],
-        trustedRoots=[{"name": "e2e-root", "certificates": pki["root"].cert.read_text()}],
-    )
-    created = custom.create_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", document)
-    # The webhook decides from its watch-fed copy; wait until a signed Plugin passes a dry run.
-    probe = signed("probe", namespace)
-    eventually(lambda: create_plugin(custom, probe, dry_run=True), what="webhook sees the policy")
-    return created
-
-
-def signed(name: str, namespace: str, **changes: Any) -> dict[str, Any]:
-    document = plugin(name, namespace=namespace, **changes)
-    return sign_manifest(document, key=KEY)
-
-
-def create_plugin(custom: client.CustomObjectsApi, document: dict[str, Any], *,
-                  dry_run: bool = False) -> dict[str, Any]:
-    return custom.create_namespaced_custom_object(
-        GROUP, VERSION, document["metadata"]["namespace"], "plugins", document,
-        dry_run="All" if dry_run else None)
-
-
-class Refusal:
-    """An API error as a person reads it: its HTTP status and the Status message."""
-
-    def __init__(self, error: client.ApiException) -> None:
-        self.status = error.status
-        try:
-            self.body = json.loads(error.body)["message"]
-        except (TypeError, ValueError, KeyError):
-            self.body = str(error.body)
-
-
-def refusal(call: Any) -> Refusal:
-    with pytest.raises(client.ApiException) as caught:
-        call()
-    return Refusal(caught.value)
-
-
-def plugin_pod(name: str, namespace: str, plugin_name: str, **container: Any) -> dict[str, Any]:
-    spec = {
-        "name": "app", "image": f"{IMAGE}@{DIGEST}",
-        "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
-        "securityContext": {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "seccompProfile": {"type": "Localhost",
-                               "localhostProfile": f"pluginguard/{namespace}/{plugin_name}.json"}},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    spec.update(container)
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "namespace": namespace,
-                         "labels": {"pluginguard.dev/plugin": plugin_name}},
-            "spec": {"containers": [spec], "volumes": [{"name": "tmp", "emptyDir": {}}]}}
-
-
-def events_for(core: client.CoreV1Api, namespace: str, name: str) -> list[client.CoreV1Event]:
-    listed = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-    return listed.items
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for entry in (obj.get("status") or {}).get("conditions") or []:
-        if entry["type"] == kind:
-            return entry
-    return None
-
-
-def wait_ready(custom: client.CustomObjectsApi, namespace: str, name: str,
-               status: str = "True") -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "plugins", name)
-        found = condition(obj, "Ready")
-        generation = obj["metadata"]["generation"]
-        if found and found["status"] == status and found["observedGeneration"] == generation:
-            return obj
-        return None
-    return eventually(ready, timeout=30, what=f"Plugin {name} Ready={status}")
 
 
 def test_schema_rejects_an_invalid_field(custom, namespace, pluginguard) -> None:
@@ -221,7 +109,9 @@ def test_good_plugin_pod_is_created(core, custom, namespace, trust_policy) -> No
 @pytest.mark.parametrize("container, fragment", [
     ({"image": f"{IMAGE}@sha256:{'00' * 32}"}, "is not the signed artifact"),
     ({"image": f"{IMAGE}:1.0"}, "must be pinned by digest"),
-    ({"securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}},
+# A missing profile is filled in by the mutating endpoint; a different one is refused.
+    ({"securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                          "seccompProfile": {"type": "RuntimeDefault"}}},
      "seccompProfile must be Localhost"),
     ({"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}}, "limits.memory 1Gi is above"),
     # The API server itself refuses privileged with allowPrivilegeEscalation false.

@@ -288,3 +288,68 @@ def test_a_malformed_pod_is_denied_not_crashed() -> None:
     pod["spec"]["containers"] = "not a list"
     decision = decide(cluster, pod)
     assert not decision.allowed
+
+
+def ready_plugin(cluster: FakeCluster) -> dict[str, Any]:
+    document = cluster.add(signed_plugin())
+    document["status"] = {"seccomp": {"sha256": "f" * 64,
+                                      "localhostProfile": "pluginguard/hkp/ratelimit.json"},
+                          "limits": {"memory": "256Mi", "cpu": "500m"}}
+    return document
+
+
+def apply_patch(obj: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
+    """A minimal RFC 6902 'add' for the paths the mutating endpoint emits."""
+    result = copy.deepcopy(obj)
+    for operation in patch:
+        assert operation["op"] == "add"
+        *parents, last = operation["path"].strip("/").split("/")
+        target: Any = result
+        for part in parents:
+            target = target[int(part)] if isinstance(target, list) else target[part]
+        if last == "-":
+            target.append(operation["value"])
+        else:
+            target[last] = operation["value"]
+    return result
+
+
+def test_mutation_completes_a_bare_plugin_pod_and_the_result_validates() -> None:
+    cluster = FakeCluster(trusted())
+    ready_plugin(cluster)
+    pod = good_pod()
+    container = pod["spec"]["containers"][0]
+    del container["resources"], container["securityContext"]["seccompProfile"]
+    assert not decide(cluster, pod).allowed
+    mutation = decide(cluster, pod, "mutate-pods")
+    assert mutation.allowed and mutation.patch
+    mutated = apply_patch(pod, mutation.patch)
+    assert mutated["spec"]["securityContext"]["seccompProfile"]["localhostProfile"] == \
+        "pluginguard/hkp/ratelimit.json"
+    assert mutated["spec"]["containers"][0]["resources"]["limits"] == {"memory": "256Mi", "cpu": "500m"}
+    term = mutated["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["f" * 63]
+    assert decide(cluster, mutated).allowed
+
+
+def test_mutation_joins_every_existing_affinity_term() -> None:
+    cluster = FakeCluster(trusted())
+    ready_plugin(cluster)
+    pod = good_pod()
+    pod["spec"]["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                              {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n"]}]}]}}}
+    mutated = apply_patch(pod, decide(cluster, pod, "mutate-pods").patch or [])
+    terms = mutated["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]
+    assert all(any(e["key"].startswith("seccomp.pluginguard.dev/") for e in t["matchExpressions"])
+               for t in terms)
+
+
+def test_mutation_leaves_pods_of_unready_plugins_and_other_pods_alone() -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())  # no status yet: the operator has not generated a profile
+    assert decide(cluster, good_pod(), "mutate-pods").patch is None
+    other = good_pod()
+    del other["metadata"]["labels"]
+    assert decide(cluster, other, "mutate-pods").patch is None
