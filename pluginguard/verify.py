@@ -26,7 +26,7 @@ from pluginguard.errors import InputError
 from pluginguard.manifest import Plugin
 from pluginguard.policy import TrustPolicy, selector_matches
 from pluginguard.sandbox import normalize_sandbox
-from pluginguard.verdict import Enforcement, Reason, Verdict
+from pluginguard.verdict import Reason, Verdict
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SANDBOX_PREDICATE = "https://pluginguard.dev/sandbox/v1"
