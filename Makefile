@@ -9,10 +9,10 @@ DEMO_DIR := .pluginguard/demo
 .PHONY: test demo demo-down controlplane system-deps lint clean
 
 $(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $@
+	@$(PYTHON) -m venv $(VENV)
+	@echo "installing PluginGuard and its dependencies into $(VENV)"
+	@$(BIN)/pip install --quiet -e '.[test]' >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@touch $@
 
 system-deps:
 	@scripts/system-deps

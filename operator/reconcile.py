@@ -162,7 +162,8 @@ def _events(verdict: Verdict, profile: Any, profile_error: str | None,
     fresh = previous.get("observedGeneration") != generation
     if fresh or previous.get("reason") != verdict.reason.value or previous.get("message") != verdict.message:
         kind = "Normal" if verdict.verified else "Warning"
-        signer = f" [signer: {verdict.signer}]" if verdict.signer else ""
+        # A verified message names the signer already; a refusal may not.
+        signer = f" [signer: {verdict.signer}]" if verdict.signer and not verdict.verified else ""
         events.append((kind, verdict.reason.value, f"{verdict.message}{signer}"))
     if profile_error and (fresh or previous.get("seccomp")):
         events.append(("Warning", "SeccompProfileInvalid", profile_error))
