@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 from typing import Any
 
 from pluginguard.logs import configure_logging
@@ -19,7 +20,11 @@ def add_commands(commands: Any) -> None:
                      help="kopf peering name; replicas with one name elect one active")
     run.add_argument("--standalone", action="store_true",
                      help="no peering (a single replica, or tests)")
-    run.add_argument("--priority", type=int, default=0)
+    run.add_argument("--priority", type=int, default=None,
+                     help="peering priority; by default a random one, so replicas never tie "
+                          "(kopf pauses every replica of a tie)")
+    run.add_argument("--peering-lifetime", type=int, default=60, metavar="SECONDS",
+                     help="how long a silent replica counts as alive")
     run.add_argument("--liveness", metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-format", choices=["text", "json"], default="json")
     run.set_defaults(run=_run)
@@ -44,11 +49,13 @@ def _run(args: argparse.Namespace) -> int:
     from pluginguard.operator import handlers  # noqa: F401 - registers the handlers
 
     configure_logging(args.log_format, verbose=args.verbose)
+    handlers.PEERING_LIFETIME = args.peering_lifetime
+    priority = args.priority if args.priority is not None else secrets.randbelow(2**31 - 1) + 1
     asyncio.run(kopf.operator(
         clusterwide=True,
         standalone=args.standalone,
         peering_name=None if args.standalone else args.peering,
-        priority=args.priority,
+        priority=priority,
         liveness_endpoint=args.liveness,
     ))
     return 0

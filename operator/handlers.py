@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # every Plugin is verified again anyway (certificates expire, CRLs are re-issued).
 TRUST_POLL_SECONDS = 2.0
 RESYNC_SECONDS = 600.0
+PEERING_LIFETIME = 60  # seconds; set from the command line
 
 
 class Operator:
@@ -97,6 +98,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=GROUP, key="last-handled-configuration")
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 240
+    settings.peering.lifetime = PEERING_LIFETIME
     kubeconfig = os.environ.get("KUBECONFIG")
     _operator = Operator(config.new_client_from_config(kubeconfig) if kubeconfig
                          else _in_cluster())

@@ -24,6 +24,7 @@ from tests.controlplane.cluster import Component, ControlPlaneError
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 WEBHOOK_NAME = "pluginguard"
+PEERING = "pluginguard"
 SYSTEM_NAMESPACE = "pluginguard-system"
 WORKLOADS = [
     ("", "v1", "pods"),
@@ -80,7 +81,7 @@ class LocalPluginGuard:
         self.api = config.new_client_from_config(str(self.kubeconfig))
         self.port = _free_port()
         self.webhook: Component | None = None
-        self.operator: Component | None = None
+        self.operators: list[Component] = []
         self._ca = trustme.CA(organization_name="PluginGuard test webhook CA")
 
     @property
@@ -108,10 +109,15 @@ class LocalPluginGuard:
             "--namespace", SYSTEM_NAMESPACE, "--log-format", "text"])
         self.wait_webhook_ready()
 
-    def start_operator(self, *, standalone: bool = True) -> Component:
-        self.operator = self._component("operator", [
-            "operator", "run", *(["--standalone"] if standalone else []), "--log-format", "text"])
-        return self.operator
+    def start_operator(self, *, name: str = "operator", priority: int | None = None) -> Component:
+        """One operator replica; several share the peering and only one is active."""
+        ensure_peering(self.api, PEERING)
+        component = self._component(name, [
+            "operator", "run", "--peering", PEERING, "--peering-lifetime", "10",
+            *(["--priority", str(priority)] if priority is not None else []),
+            "--log-format", "text"])
+        self.operators.append(component)
+        return component
 
     def wait_webhook_ready(self, timeout: float = 60.0) -> None:
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
@@ -197,7 +203,7 @@ class LocalPluginGuard:
                     raise
 
     def stop(self) -> None:
-        for component in (self.operator, self.webhook):
+        for component in (*self.operators, self.webhook):
             if component is not None:
                 component.stop(grace=5.0)
 
@@ -226,3 +232,14 @@ def ensure_namespace(api: client.ApiClient, name: str, labels: dict[str, str] | 
         if error.status != 409:
             raise
 
+
+
+def ensure_peering(api: client.ApiClient, name: str) -> None:
+    """The ClusterKopfPeering object operator replicas meet in (kopf does not create it)."""
+    try:
+        client.CustomObjectsApi(api).create_cluster_custom_object(
+            "kopf.dev", "v1", "clusterkopfpeerings",
+            {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}})
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
