@@ -61,12 +61,25 @@ class EventRecorder:
             finally:
                 self._queue.task_done()
 
+    def write_once(self, obj: dict[str, Any], *, key: str, type: str, reason: str,
+                   message: str) -> None:
+        """Write an Event now, exactly once per ``key``: a repeat with the same key (a
+        reconcile replayed after a crash) finds it there and leaves it alone.
+
+        Raises the API error when the Event cannot be written, so the caller retries.
+        """
+        name = _event_name(obj, f"{key}|{type}|{reason}|{message}")
+        body = self._body(obj, name, type, reason, message[:1024])
+        try:
+            self._core.create_namespaced_event(body["metadata"]["namespace"], body)
+        except client.ApiException as error:
+            if error.status != 409:
+                raise
+
     def _write(self, obj: dict[str, Any], type: str, reason: str, message: str) -> None:
-        metadata = obj["metadata"]
-        namespace = metadata.get("namespace") or "default"
-        tag = hashlib.sha256(f"{metadata.get('uid')}|{type}|{reason}|{message}".encode()).hexdigest()[:10]
-        name = f"{metadata['name']}.{tag}"
-        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        name = _event_name(obj, f"{type}|{reason}|{message}")
+        namespace = obj["metadata"].get("namespace") or "default"
+        now = _now()
         try:
             existing = self._core.read_namespaced_event(name, namespace)
         except client.ApiException as error:
@@ -77,7 +90,14 @@ class EventRecorder:
             self._core.patch_namespaced_event(name, namespace, {
                 "count": (existing.count or 1) + 1, "lastTimestamp": now})
             return
-        self._core.create_namespaced_event(namespace, {
+        self._core.create_namespaced_event(namespace, self._body(obj, name, type, reason, message))
+
+    def _body(self, obj: dict[str, Any], name: str, type: str, reason: str,
+              message: str) -> dict[str, Any]:
+        metadata = obj["metadata"]
+        namespace = metadata.get("namespace") or "default"
+        now = _now()
+        return {
             "metadata": {"name": name, "namespace": namespace},
             "involvedObject": {
                 "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"),
@@ -88,7 +108,17 @@ class EventRecorder:
             "source": {"component": self._component},
             "reportingComponent": self._component, "reportingInstance": self._component,
             "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        })
+        }
+
+
+def _event_name(obj: dict[str, Any], identity: str) -> str:
+    metadata = obj["metadata"]
+    tag = hashlib.sha256(f"{metadata.get('uid')}|{identity}".encode()).hexdigest()[:10]
+    return f"{metadata['name']}.{tag}"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _describe(obj: dict[str, Any]) -> str:

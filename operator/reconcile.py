@@ -108,6 +108,8 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
         status["limits"] = ceiling.status()
     status["conditions"] = _conditions(verdict, profile_error, generation, at, previous)
     events = _events(verdict, profile, profile_error, previous, generation, at)
+    sequence = int(previous.get("outcomeSequence") or 0)
+    status["outcomeSequence"] = sequence + 1 if events else sequence
     return DesiredState(status, config_map, policy, events)
 
 
@@ -215,11 +217,15 @@ class Reconciler:
                 desired.network_policy["metadata"]["name"], namespace, desired.network_policy,
                 field_manager=FIELD_MANAGER, force=True,
                 _content_type="application/apply-patch+yaml")
+        # Events first, each named by the outcome's sequence number, then the status that
+        # advances it: killed in between, the replay finds its Events written already.
+        sequence = desired.status["outcomeSequence"]
+        for index, (type, reason, message) in enumerate(desired.events):
+            self.events.write_once(dict(obj), key=f"{sequence}.{index}", type=type,
+                                   reason=reason, message=message)
         self._custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, "plugins", name, {"status": desired.status},
             _content_type="application/merge-patch+json")
-        for type, reason, message in desired.events:
-            self.events.record(dict(obj), type=type, reason=reason, message=message)
         log.info("plugin %s/%s: %s (%s)", namespace, name, desired.status["reason"],
                  desired.status["message"])
         return desired
