@@ -13,8 +13,18 @@ def add_commands(commands: Any) -> None:
     webhook = commands.add_parser("webhook", help="the admission webhook")
     actions = webhook.add_subparsers(required=True, metavar="ACTION")
     serve = actions.add_parser("serve", help="serve admission requests over HTTPS")
-    serve.add_argument("--tls-cert", required=True, metavar="PEM")
-    serve.add_argument("--tls-key", required=True, metavar="PEM")
+    serve.add_argument("--tls-cert", metavar="PEM", help="serving certificate (reloaded when it changes)")
+    serve.add_argument("--tls-key", metavar="PEM")
+    serve.add_argument("--tls-secret", metavar="NAME",
+                       help="built-in TLS instead of files: keep a CA and serving certificate "
+                            "in this Secret of --namespace, made and renewed by the webhook")
+    serve.add_argument("--tls-san", action="append", default=[], metavar="NAME",
+                       help="a DNS name or IP address of the built-in serving certificate")
+    serve.add_argument("--webhook-configuration", action="append", default=[], metavar="NAME",
+                       help="the webhook configurations (validating and mutating) whose "
+                            "caBundle the built-in TLS keeps current")
+    serve.add_argument("--tls-refresh-seconds", type=float, default=600.0, metavar="SECONDS",
+                       help="how often to look for a renewed certificate (files or Secret)")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8443)
     serve.add_argument("--kubeconfig", help="default: $KUBECONFIG, else in-cluster")
@@ -30,19 +40,35 @@ def _serve(args: argparse.Namespace) -> int:
 
     from pluginguard.operator.cluster import ClusterState
     from pluginguard.operator.events import EventRecorder
-    from pluginguard.webhooks.server import WebhookCluster, make_app, tls_context
+    from pluginguard.errors import InputError
+    from pluginguard.webhooks.server import WebhookCluster, make_app
+    from pluginguard.webhooks.tls import (
+        CertificateFiles,
+        CertificateSecret,
+        ServingCertificate,
+        keep_current,
+    )
 
     configure_logging(args.log_format, verbose=args.verbose)
-    context = tls_context(args.tls_cert, args.tls_key)
+    if bool(args.tls_secret) == bool(args.tls_cert and args.tls_key):
+        raise InputError("webhook serve", "give either --tls-cert and --tls-key, or --tls-secret")
+    if args.tls_secret and not (args.namespace and args.tls_san):
+        raise InputError("--tls-secret", "needs --namespace and at least one --tls-san")
     kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
     if kubeconfig:
         api = config.new_client_from_config(kubeconfig)
     else:
         config.load_incluster_config()
         api = client.ApiClient()
+    refresh = (CertificateSecret(api, namespace=args.namespace, name=args.tls_secret,
+                                 names=args.tls_san, configurations=args.webhook_configuration).refresh
+               if args.tls_secret else CertificateFiles(args.tls_cert, args.tls_key).read)
+    serving = ServingCertificate()
+    serving.load(*refresh())
     state = ClusterState(api).start()
     app = make_app(WebhookCluster(state), events=EventRecorder(api, component="pluginguard-webhook"),
-                   own_namespace=args.namespace)
-    web.run_app(app, host=args.host, port=args.port, ssl_context=context, access_log=None,
+                   own_namespace=args.namespace, collectors=[serving.collector()])
+    app.cleanup_ctx.append(keep_current(serving, refresh, interval=args.tls_refresh_seconds))
+    web.run_app(app, host=args.host, port=args.port, ssl_context=serving.context, access_log=None,
                 print=None)
     return 0

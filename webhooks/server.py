@@ -12,7 +12,7 @@ import logging
 import ssl
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -143,8 +143,12 @@ class Metrics:
 
 
 def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
-             own_namespace: str | None = None) -> web.Application:
+             own_namespace: str | None = None,
+             collectors: Sequence[Collector] = ()) -> web.Application:
+    """The webhook's routes; ``collectors`` add to what /metrics reports."""
     metrics = Metrics(cluster.cache)
+    for collector in collectors:
+        metrics.registry.register(collector)
     app = web.Application(client_max_size=MAX_BODY_BYTES)
 
     async def admit(request: web.Request) -> web.Response:
