@@ -17,8 +17,11 @@ $(BIN)/.installed: pyproject.toml
 system-deps:
 	@scripts/system-deps
 
+# kube-apiserver, etcd and kubectl, and helm for the chart's tests: built from their Go
+# modules once, then cached.
 controlplane: system-deps
 	@tests/controlplane/build.sh >/dev/null
+	@tests/controlplane/helm/build.sh >/dev/null
 
 test: system-deps $(BIN)/.installed controlplane
 	$(BIN)/pytest -q -rfEs
