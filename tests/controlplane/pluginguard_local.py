@@ -1,6 +1,8 @@
 """PluginGuard installed on a control plane the way a cluster would run it, minus the
 pods: CRDs applied, the webhook and the operator running as local processes, and a
 ValidatingWebhookConfiguration pointing the API server at the webhook on loopback.
+Each process authenticates as the chart's ServiceAccount for it, under the chart's own
+RBAC, so a permission the chart forgot fails here as it would in a cluster.
 
 Used by the end-to-end tests and by ``make demo``.
 """
@@ -13,6 +15,7 @@ import ssl
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +23,22 @@ import trustme
 import yaml
 from kubernetes import client, config
 
+from tests.controlplane.chart import RBAC_KINDS, apply, render, token_kubeconfig
 from tests.controlplane.cluster import Component, ControlPlaneError
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 WEBHOOK_NAME = "pluginguard"
 PEERING = "pluginguard"
 SYSTEM_NAMESPACE = "pluginguard-system"
+# The chart installed as release "pluginguard" names its webhook configurations and its
+# peering object as above, so the chart's RBAC fits what runs here.
+RELEASE = "pluginguard"
+# The chart's ServiceAccount for each entry point (the first word of its command line).
+CHART_ACCOUNTS = {
+    "webhook": "pluginguard-webhook",
+    "operator": "pluginguard-operator",
+    "node-agent": "pluginguard-node-agent",
+}
 WORKLOADS = [
     ("", "v1", "pods"),
     ("apps", "v1", "deployments"), ("apps", "v1", "statefulsets"),
@@ -73,8 +86,17 @@ def _free_port() -> int:
 class LocalPluginGuard:
     """The webhook and the operator as processes, wired into the API server."""
 
-    def __init__(self, kubeconfig: Path, directory: Path, *, persistent: bool = False) -> None:
+    def __init__(self, kubeconfig: Path, directory: Path, *, persistent: bool = False,
+                 rbac: str = "chart", trust_material: Sequence[Mapping[str, str]] = ()) -> None:
+        """``rbac="chart"`` runs each process as the chart's ServiceAccount for it, under
+        the chart's RBAC, with ``trust_material`` as the chart's value of that name;
+        ``rbac="admin"`` runs them with ``kubeconfig``'s credentials."""
+        if rbac not in ("chart", "admin"):
+            raise ValueError(f"rbac must be 'chart' or 'admin', not {rbac!r}")
         self.kubeconfig = Path(kubeconfig)
+        self.rbac = rbac
+        self.trust_material = [dict(entry) for entry in trust_material]
+        self._credentials: dict[str, Path] = {}
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.persistent = persistent
@@ -211,9 +233,33 @@ class LocalPluginGuard:
         component = Component(
             name, [sys.executable, "-m", "pluginguard.cli", *arguments],
             directory=self.directory, detached=self.persistent)
-        component.argv += ["--kubeconfig", str(self.kubeconfig)]
+        component.argv += ["--kubeconfig", str(self.credentials(arguments[0]))]
         component.start()
         return component
+
+    def install_rbac(self) -> list[dict[str, Any]]:
+        """Apply the chart's ServiceAccounts, roles and bindings, rendered for release
+        "pluginguard" with this instance's trust material; return what was applied."""
+        ensure_namespace(self.api, SYSTEM_NAMESPACE)
+        for entry in self.trust_material:
+            ensure_namespace(self.api, entry["namespace"])
+        objects = render(release=RELEASE, namespace=SYSTEM_NAMESPACE,
+                         values={"trustMaterial": self.trust_material})
+        return apply(self.api, [o for o in objects if o["kind"] in RBAC_KINDS])
+
+    def credentials(self, entry_point: str) -> Path:
+        """The kubeconfig a process of ``entry_point`` runs with: a token of the chart's
+        ServiceAccount for it (RBAC installed on first use), or the admin's."""
+        if self.rbac == "admin":
+            return self.kubeconfig
+        if entry_point not in self._credentials:
+            if not self._credentials:
+                self.install_rbac()
+            account = CHART_ACCOUNTS[entry_point]
+            self._credentials[entry_point] = token_kubeconfig(
+                self.api, self.kubeconfig, self.directory / f"{account}.kubeconfig",
+                namespace=SYSTEM_NAMESPACE, service_account=account, seconds=7 * 24 * 3600)
+        return self._credentials[entry_point]
 
 
 def ensure_namespace(api: client.ApiClient, name: str, labels: dict[str, str] | None = None) -> None:
