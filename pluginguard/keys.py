@@ -86,7 +86,29 @@ def load_certificates(pem: str | bytes, *, where: str) -> list[x509.Certificate]
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError as error:
         raise InputError(where, f"not a PEM certificate list ({error})") from error
+    for index, certificate in enumerate(certificates):
+        problem = certificate_problem(certificate)
+        if problem:
+            raise InputError(where, f"certificate {index + 1}: {problem}")
     return certificates
+
+
+def certificate_problem(certificate: x509.Certificate) -> str | None:
+    """Why ``certificate`` cannot be used, or None when it can.
+
+    cryptography parses names, extensions and the key on first use. Reading them where a
+    certificate enters PluginGuard turns a malformed one into a refusal there, instead
+    of an exception halfway through chain validation.
+    """
+    try:
+        _ = certificate.subject, certificate.issuer, certificate.extensions
+    except (ValueError, x509.DuplicateExtension) as error:
+        return str(error)
+    try:
+        certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as error:
+        return f"its public key cannot be used ({error})"
+    return None
 
 
 def verify_signature(

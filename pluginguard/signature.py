@@ -18,12 +18,14 @@ from typing import Any
 from cryptography import x509
 from securesystemslib.dsse import Envelope
 
+from pluginguard import keys
 from pluginguard.errors import PluginGuardError
 
 DSSE_PAYLOAD_TYPE = "application/vnd.in-toto+json"
-_PEM_BLOCK = re.compile(
-    r"-----BEGIN ([A-Z0-9 ]+)-----\s*?\n(.*?)\n?-----END \1-----", re.DOTALL
-)
+# Only the BEGIN line is a pattern; its END is then found with str.find. One regular
+# expression spanning both (with a back-reference to the label) rescans the rest of the
+# text for every unterminated BEGIN: quadratic, minutes for a text the API server admits.
+_PEM_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\s*?\n")
 
 
 class MalformedSignature(PluginGuardError):
@@ -103,12 +105,10 @@ def _parse_hkp(text: Any, digest_hex: str) -> ParsedSignature:
     unknown = sorted({label for label, _ in blocks} - {"SIGNATURE", "CERTIFICATE"})
     if unknown:
         raise MalformedSignature(f"{where}: unexpected PEM block {unknown[0]}")
-    certificates = []
-    for index, (label, der) in enumerate((b for b in blocks if b[0] == "CERTIFICATE")):
-        try:
-            certificates.append(x509.load_der_x509_certificate(der))
-        except ValueError as error:
-            raise MalformedSignature(f"{where}: CERTIFICATE block {index + 1}: {error}") from error
+    certificates = [
+        _certificate(der, f"{where}: CERTIFICATE block {index + 1}")
+        for index, (label, der) in enumerate((b for b in blocks if b[0] == "CERTIFICATE"))
+    ]
     return ParsedSignature(
         "hkp",
         bytes.fromhex(digest_hex),
@@ -127,21 +127,36 @@ def _certificates(pem: Any, where: str) -> tuple[x509.Certificate, ...]:
     for index, (label, der) in enumerate(_pem_blocks(pem, where)):
         if label != "CERTIFICATE":
             raise MalformedSignature(f"{where}: block {index + 1} is {label}, not CERTIFICATE")
-        try:
-            certificates.append(x509.load_der_x509_certificate(der))
-        except ValueError as error:
-            raise MalformedSignature(f"{where}: certificate {index + 1}: {error}") from error
+        certificates.append(_certificate(der, f"{where}: certificate {index + 1}"))
     return tuple(certificates)
+
+
+def _certificate(der: bytes, where: str) -> x509.Certificate:
+    try:
+        certificate = x509.load_der_x509_certificate(der)
+    except ValueError as error:
+        raise MalformedSignature(f"{where}: {error}") from error
+    problem = keys.certificate_problem(certificate)
+    if problem:
+        raise MalformedSignature(f"{where}: {problem}")
+    return certificate
 
 
 def _pem_blocks(text: str, where: str) -> list[tuple[str, bytes]]:
     blocks = []
-    for match in _PEM_BLOCK.finditer(text):
-        body = "".join(match[2].split())
+    position = 0
+    while (begin := _PEM_BEGIN.search(text, position)) is not None:
+        label = begin[1]
+        end_line = f"-----END {label}-----"
+        end = text.find(end_line, begin.end())
+        if end < 0:
+            raise MalformedSignature(f"{where}: {label} block has no {end_line} line")
+        body = "".join(text[begin.end():end].split())
         try:
-            blocks.append((match[1], base64.b64decode(body, validate=True)))
-        except binascii.Error as error:
-            raise MalformedSignature(f"{where}: {match[1]} block is not valid base64") from error
+            blocks.append((label, base64.b64decode(body, validate=True)))
+        except ValueError as error:  # binascii.Error, or a character outside ASCII
+            raise MalformedSignature(f"{where}: {label} block is not valid base64") from error
+        position = end + len(end_line)
     if not blocks:
         raise MalformedSignature(f"{where}: no PEM block found")
     return blocks
