@@ -23,6 +23,9 @@ from pluginguard.verdict import Enforcement
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
 _FINGERPRINT = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+_SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+# The CRD's bound; the path validator counts intermediates in a byte.
+_MAX_CHAIN_LENGTH = 10
 
 
 class MaterialUnavailable(PluginGuardError):
@@ -114,7 +117,7 @@ def compile_policy(
     crl_sources = tuple(loader.crl_sources(_entries(crl, "sources", where, "spec.crl")))
     return TrustPolicy(
         name=name,
-        namespace_selector=optional(spec, "namespaceSelector", dict, {}, where=where),
+        namespace_selector=_selector(spec, where),
         enforcement=_enum(spec, "enforcement", Enforcement, Enforcement.ENFORCE, where),
         require_signature=optional(spec, "requireSignature", bool, True, where=where),
         require_certificate=optional(spec, "requireCertificate", bool, False, where=where),
@@ -124,7 +127,8 @@ def compile_policy(
         trusted_keys=trusted_keys,
         trusted_roots=trusted_roots,
         revoked_keys=_revoked(spec, where),
-        max_chain_length=_positive(spec, "maxCertChainLength", 3, where),
+        max_chain_length=_positive(spec, "maxCertChainLength", 3, where,
+                                   maximum=_MAX_CHAIN_LENGTH),
         crl_sources=crl_sources,
         crl_allow_unavailable=_enum(crl, "onUnavailable", str, "deny", where) == "allow",
         verification_timeout=_duration(spec, where),
@@ -265,11 +269,35 @@ def _revoked(spec: Mapping[str, Any], where: str) -> frozenset[str]:
     return frozenset(value.removeprefix("sha256:") for value in revoked)
 
 
-def _positive(spec: Mapping[str, Any], key: str, default: int, where: str) -> int:
+def _positive(spec: Mapping[str, Any], key: str, default: int, where: str, *,
+              maximum: int) -> int:
     value = optional(spec, key, int, default, where=where)
-    if value < 1:
-        raise InputError(where, f"spec.{key} must be at least 1")
+    if not 1 <= value <= maximum:
+        raise InputError(where, f"spec.{key} must be between 1 and {maximum}, not {value}")
     return value
+
+
+def _selector(spec: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+    """``spec.namespaceSelector``, checked here so that matching it later cannot fail."""
+    place = "spec.namespaceSelector"
+    selector = optional(spec, "namespaceSelector", dict, {}, where=where)
+    labels = selector.get("matchLabels") or {}
+    if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
+        raise InputError(where, f"{place}.matchLabels must map label keys to string values")
+    expressions = selector.get("matchExpressions") or []
+    if not isinstance(expressions, list):
+        raise InputError(where, f"{place}.matchExpressions must be a list")
+    for index, expression in enumerate(expressions):
+        values = expression.get("values") or [] if isinstance(expression, Mapping) else None
+        if not (isinstance(expression, Mapping) and isinstance(expression.get("key"), str)
+                and expression.get("operator") in _SELECTOR_OPERATORS
+                and isinstance(values, list) and all(isinstance(v, str) for v in values)):
+            raise InputError(
+                where,
+                f"{place}.matchExpressions[{index}] needs a key, an operator "
+                f"({', '.join(_SELECTOR_OPERATORS)}) and a list of string values",
+            )
+    return selector
 
 
 def _duration(spec: Mapping[str, Any], where: str) -> timedelta:
@@ -278,5 +306,8 @@ def _duration(spec: Mapping[str, Any], where: str) -> timedelta:
     if not match:
         raise InputError(where, f"spec.verificationTimeout {text!r} is not a duration like 500ms, 2s or 1m")
     amount, unit = float(match[1]), match[2]
-    return timedelta(milliseconds=amount) if unit == "ms" else (
-        timedelta(seconds=amount) if unit == "s" else timedelta(minutes=amount))
+    try:
+        return timedelta(milliseconds=amount) if unit == "ms" else (
+            timedelta(seconds=amount) if unit == "s" else timedelta(minutes=amount))
+    except OverflowError as error:
+        raise InputError(where, f"spec.verificationTimeout {text!r} is too long") from error
