@@ -225,7 +225,7 @@ def _check_statement(plugin: Plugin, payload: bytes, policy: TrustPolicy) -> Non
     """The signed in-toto Statement must name this artifact and, if asked, this sandbox."""
     try:
         statement = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as error:
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise Refused(Reason.MALFORMED_SIGNATURE, f"DSSE payload is not JSON ({error})") from error
     if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
         raise Refused(Reason.MALFORMED_SIGNATURE, f"DSSE payload is not an in-toto Statement v1 ({STATEMENT_TYPE})")
