@@ -154,6 +154,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
     async def admit(request: web.Request) -> web.Response:
         kind = request.match_info.get("kind", "mutate-pods")
         started = time.perf_counter()
+        body: Any = None
         try:
             body = json.loads(await request.read())
             uid, decision = review(body, cluster, kind=kind, own_namespace=own_namespace)
@@ -206,7 +207,10 @@ def _uid(body: Any) -> str | None:
 def _record(decision: Decision, request: Mapping[str, Any], kind: str,
             events: EventRecorder | None) -> None:
     """One log line per decision; an Event on the Plugin for refusals and audited pods."""
-    what = f"{(request.get('kind') or {}).get('kind')} {request.get('namespace')}/{request.get('name') or ''}"
+    # Any field may be of any type here: the request was decided, maybe as malformed.
+    resource = request.get("kind")
+    resource_kind = resource.get("kind") if isinstance(resource, Mapping) else resource
+    what = f"{resource_kind} {request.get('namespace')}/{request.get('name') or ''}"
     fields = {"decision": "allowed" if decision.allowed else "denied", "reason": decision.reason,
               "object": what, "dryRun": bool(request.get("dryRun"))}
     if decision.verdict is not None:
