@@ -40,6 +40,7 @@ from pluginguard.syscalls import ARCHITECTURES
 from pluginguard.verdict import Reason, Verdict
 from pluginguard.verify import verify_plugin
 from tests.plugin_factory import DIGEST, plugin, policy
+from tests.strategies import JSON, mutated
 
 BOUNDED = settings(
     max_examples=200,
@@ -174,21 +175,6 @@ def off_curve(key: ec.EllipticCurvePrivateKey) -> tuple[bytes, bytes]:
 
 # -- Strategies -----------------------------------------------------------------------
 
-SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=12)
-)
-JSON = st.recursive(
-    SCALARS,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=16,
-)
 LEAF_DER = leaf_of(KEYS["ECDSA-P256"]).public_bytes(serialization.Encoding.DER)
 
 
@@ -276,40 +262,13 @@ SIGNED = (
 )
 
 
-def _places(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
-    """Every path into ``value``'s dicts and lists."""
-    if path:
-        yield path
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
+def mutated_signatures() -> st.SearchStrategy[tuple[int, dict[str, Any]]]:
+    """A genuine signature (by its index in SIGNED) with a few parts changed."""
+    return st.integers(0, len(SIGNED) - 1).flatmap(
+        lambda index: mutated(
+            SIGNED[index][0], replacements=JSON | BASE64 | pem_text()
+        ).map(lambda field: (index, field))
     )
-    for key, inner in items:
-        yield from _places(inner, (*path, key))
-
-
-@st.composite
-def mutated_signatures(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
-    """A genuine signature (by its index in SIGNED) with one or two parts changed: a
-    character of a string, or a whole value replaced by something else."""
-    index = draw(st.integers(0, len(SIGNED) - 1))
-    field = copy.deepcopy(SIGNED[index][0])
-    for _ in range(draw(st.integers(1, 2))):
-        path = draw(st.sampled_from(list(_places(field))))
-        parent = field
-        for key in path[:-1]:
-            parent = parent[key]
-        current = parent[path[-1]]
-        if isinstance(current, str) and current and draw(st.booleans()):
-            at = draw(st.integers(0, len(current) - 1))
-            character = draw(st.characters(codec="ascii"))
-            parent[path[-1]] = current[:at] + character + current[at + 1 :]
-        else:
-            parent[path[-1]] = draw(JSON | BASE64 | pem_text())
-    return index, field
 
 
 PUBLIC_KEY_TEXT = (
