@@ -96,6 +96,11 @@ class ClusterState:
         reflectors = (self.namespaces, self.policies, self.plugins, *self.material.values())
         return all(r.synced.is_set() for r in reflectors)
 
+    def stale_for(self) -> float:
+        """Seconds the least current copy has been out of touch with the API server."""
+        reflectors = (self.namespaces, self.policies, self.plugins, *self.material.values())
+        return max(r.stale_for() for r in reflectors)
+
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         found = self.namespaces.get("", namespace)
         return dict(((found or {}).get("metadata") or {}).get("labels") or {})

@@ -23,7 +23,8 @@ Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped obje
 Listener = Callable[[str, dict[str, Any]], None]
 
 _WATCH_SECONDS = 240
-_MAX_BACKOFF = 5.0
+# Short: after an API server restart the copy must be current again within seconds.
+_MAX_BACKOFF = 1.0
 
 
 def key_of(obj: dict[str, Any]) -> Key:
@@ -45,27 +46,39 @@ class Reflector:
         self.objects: dict[Key, dict[str, Any]] = {}
         self.synced = threading.Event()
         self.last_sync = 0.0
+        self._broken_since: float | None = None
         self._list_fn = list_fn
         self._listener = listener
         self._stop = threading.Event()
-        self._watch: watch.Watch | None = None
+        self._response: Any = None
         self._thread: threading.Thread | None = None
 
     def start(self) -> Reflector:
+        self._broken_since = time.monotonic()
         self._thread = threading.Thread(target=self._run, name=f"watch-{self.name}", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
+        response = self._response
+        if response is not None:
+            response.close()
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((namespace, name))
 
     def values(self) -> list[dict[str, Any]]:
         return list(self.objects.values())
+
+    def stale_for(self) -> float:
+        """Seconds since the copy stopped following the API server (0 while it follows).
+
+        Before the first list it counts from start: a copy never listed is stale.
+        """
+        if self._broken_since is None:
+            return 0.0
+        return time.monotonic() - self._broken_since
 
     def _run(self) -> None:
         backoff = 0.2
@@ -75,14 +88,24 @@ class Reflector:
                 backoff = 0.2
                 self._follow(version)
             except client.ApiException as error:
-                if error.status != 410:
-                    log.warning("watch %s: %s %s", self.name, error.status, error.reason)
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                if error.status == 410:
+                    # Expired: our resourceVersion is older than the server keeps. Relist
+                    # at once; the copy stays current meanwhile, so it is not broken.
+                    log.info("watch %s: resourceVersion expired; listing again", self.name)
+                    continue
+                self._broken()
+                log.warning("watch %s: %s %s", self.name, error.status, error.reason)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, _MAX_BACKOFF)
             except Exception as error:  # noqa: BLE001 - a broken connection of any kind
+                self._broken()
                 log.warning("watch %s: %s", self.name, error)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _broken(self) -> None:
+        if self._broken_since is None:
+            self._broken_since = time.monotonic()
 
     def _list(self) -> str:
         response = self._list_fn(_preload_content=False, _request_timeout=30)
@@ -94,6 +117,7 @@ class Reflector:
         changed = [obj for k, obj in fresh.items() if self.objects.get(k) != obj]
         self.objects = fresh
         self.last_sync = time.monotonic()
+        self._broken_since = None
         self.synced.set()
         for obj in gone:
             self._notify("DELETED", obj)
@@ -116,11 +140,28 @@ class Reflector:
                 self._notify(kind, obj)
 
     def _events(self, version: str) -> Iterator[dict[str, Any]]:
-        self._watch = watch.Watch()
-        yield from self._watch.stream(
-            self._list_fn, resource_version=version, timeout_seconds=_WATCH_SECONDS,
-            allow_watch_bookmarks=True, deserialize=False, _request_timeout=_WATCH_SECONDS + 30,
+        """One watch request's events. An ERROR event (410 Gone among them) is raised as
+        the ApiException it stands for."""
+        response = self._list_fn(
+            watch=True, resource_version=version, timeout_seconds=_WATCH_SECONDS,
+            allow_watch_bookmarks=True, _preload_content=False,
+            _request_timeout=_WATCH_SECONDS + 30,
         )
+        self._response = response
+        try:
+            for line in watch.watch.iter_resp_lines(response):
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    raise client.ApiException(status=status.get("code", 500),
+                                              reason=status.get("message", "watch error"))
+                yield event
+        finally:
+            self._response = None
+            response.close()
+            response.release_conn()
 
     def _notify(self, kind: str, obj: dict[str, Any]) -> None:
         if self._listener is None:

@@ -39,6 +39,8 @@ from pluginguard.webhooks.admission import Decision, review
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4 << 20  # the API server's own object limit is ~1.5 MiB; UPDATE sends two
+# How long the webhook may decide on copies that have lost their watch before it denies.
+STALENESS_BOUND_SECONDS = 2.0
 _VERIFIED_TTL = 300.0
 _REFUSED_TTL = 10.0
 
@@ -158,6 +160,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
         try:
             body = json.loads(await request.read())
             uid, decision = review(body, cluster, kind=kind, own_namespace=own_namespace)
+            decision = _unless_stale(decision, cluster, kind)
         except web.HTTPRequestEntityTooLarge:
             raise
         except (ValueError, RecursionError, InputError) as error:
@@ -196,6 +199,24 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     return app
+
+
+def _unless_stale(decision: Decision, cluster: WebhookCluster, kind: str) -> Decision:
+    """Turn an allow that rests on the copies into a denial when they are out of date.
+
+    A Plugin or policy may have changed while the watches were cut off; an allow for a
+    plugin object is only as good as the copies, so past the bound it is withdrawn.
+    """
+    if not decision.allowed or kind == "mutate-pods":
+        return decision
+    if kind == "pods" and decision.plugin is None:
+        return decision  # not a plugin pod: nothing it depends on is in the copies
+    stale = cluster.state.stale_for()
+    if stale <= STALENESS_BOUND_SECONDS:
+        return decision
+    return Decision(False, f"PluginGuard cannot confirm the current trust state (out of touch "
+                           f"with the API server for {stale:.1f}s); denying until it can",
+                    reason="StaleState", plugin=decision.plugin)
 
 
 def _uid(body: Any) -> str | None:

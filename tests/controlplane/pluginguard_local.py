@@ -104,6 +104,8 @@ class LocalPluginGuard:
         self.port = _free_port()
         self.webhook: Component | None = None
         self.operators: list[Component] = []
+        self.extra_webhooks: dict[str, Component] = {}
+        self._priority = 2**31  # random priorities are below this
         self._ca = trustme.CA(organization_name="PluginGuard test webhook CA")
 
     @property
@@ -131,6 +133,11 @@ class LocalPluginGuard:
             "--namespace", SYSTEM_NAMESPACE, "--log-format", "text"])
         self.wait_webhook_ready()
 
+    def outranking_priority(self) -> int:
+        """A peering priority above every replica started so far (random ones included)."""
+        self._priority += 1
+        return self._priority
+
     def start_operator(self, *, name: str = "operator", priority: int | None = None) -> Component:
         """One operator replica; several share the peering and only one is active."""
         ensure_peering(self.api, PEERING)
@@ -141,21 +148,37 @@ class LocalPluginGuard:
         self.operators.append(component)
         return component
 
-    def wait_webhook_ready(self, timeout: float = 60.0) -> None:
+    def start_extra_webhook(self, name: str) -> str:
+        """Another webhook replica on its own port, with the same certificate; its URL."""
+        port = _free_port()
+        component = self._component(name, [
+            "webhook", "serve", "--tls-cert", str(self.directory / "webhook.crt"),
+            "--tls-key", str(self.directory / "webhook.key"), "--host", "127.0.0.1",
+            "--port", str(port), "--namespace", SYSTEM_NAMESPACE, "--log-format", "text"])
+        self.extra_webhooks[name] = component
+        self.wait_webhook_ready(url=f"https://127.0.0.1:{port}", component=component)
+        return f"https://127.0.0.1:{port}"
+
+    def stop_extra_webhook(self, name: str) -> None:
+        self.extra_webhooks.pop(name).stop(grace=5.0)
+
+    def wait_webhook_ready(self, timeout: float = 60.0, *, url: str | None = None,
+                           component: Component | None = None) -> None:
+        url, component = url or self.url, component or self.webhook
+        assert component is not None
         context = ssl.create_default_context(cadata=self.ca_pem.decode())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.webhook is not None
-            if not self.webhook.running():
-                raise ControlPlaneError(f"webhook exited:\n{self.webhook.log_tail()}")
+            if not component.running():
+                raise ControlPlaneError(f"webhook exited:\n{component.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.url}/readyz", context=context, timeout=2) as r:
+                with urllib.request.urlopen(f"{url}/readyz", context=context, timeout=2) as r:
                     if r.status == 200:
                         return
             except OSError:
                 pass
             time.sleep(0.1)
-        raise ControlPlaneError(f"webhook not ready after {timeout:.0f}s:\n{self.webhook.log_tail()}")
+        raise ControlPlaneError(f"webhook not ready after {timeout:.0f}s:\n{component.log_tail()}")
 
     @property
     def ca_pem(self) -> bytes:
@@ -225,7 +248,7 @@ class LocalPluginGuard:
                     raise
 
     def stop(self) -> None:
-        for component in (*self.operators, self.webhook):
+        for component in (*self.operators, *self.extra_webhooks.values(), self.webhook):
             if component is not None:
                 component.stop(grace=5.0)
 

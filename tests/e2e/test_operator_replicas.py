@@ -18,7 +18,7 @@ def test_one_replica_is_active_and_the_other_takes_over(pluginguard, custom, cor
                                                          trust_policy) -> None:
     first = pluginguard.operators[0]
     # A replica with a higher priority than any random one: it must become the active one.
-    second = pluginguard.start_operator(name="operator-2", priority=2**31)
+    second = pluginguard.start_operator(name="operator-2", priority=pluginguard.outranking_priority())
     try:
         eventually(lambda: "Pausing operations in favour of" in first.log_tail(400),
                    timeout=30, what="the first replica pauses in favour of the second")
@@ -26,7 +26,8 @@ def test_one_replica_is_active_and_the_other_takes_over(pluginguard, custom, cor
         create_plugin(custom, signed("ha-one", namespace))
         wait_ready(custom, namespace, "ha-one")
         eventually(lambda: verified_events(core, namespace, "ha-one"), what="Verified event")
-        assert "ha-one" in second.log_tail(400)
+        peering = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", "pluginguard")
+        assert "ha-one" in second.log_tail(400), (peering.get("status"), second.log_tail(40))
         assert "ha-one" not in first.log_tail(400)
 
         second.kill()  # a crash: no goodbye to the peering object
