@@ -42,35 +42,49 @@ class Operator:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def reconcile(self, body: dict[str, Any]) -> None:
+    def reconcile(self, body: dict[str, Any], *, unless_current: bool = False) -> bool:
+        """Reconcile one Plugin; with ``unless_current``, only if its trust inputs or
+        generation changed since it was last applied (checked under the Plugin's lock, so
+        concurrent triggers do the work once). Returns whether it reconciled."""
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
         with self._lock(key):
             fingerprint = self.state.trust_fingerprint(key[0])
+            if unless_current and self._current(key, body, fingerprint):
+                return False
             self.reconciler.reconcile(body)
             self._applied[key] = (fingerprint, body["metadata"].get("generation"), time.monotonic())
+            return True
 
-    def reverify_stale(self, *, everything_older_than: float = RESYNC_SECONDS) -> int:
-        """Reconcile every Plugin whose trust inputs changed since it was last applied."""
-        now, done = time.monotonic(), 0
+    def reverify_stale(self) -> int:
+        """Reconcile every Plugin applied before whose trust inputs changed since, or
+        that was last verified longer ago than the resync period.
+
+        Plugins never applied by this replica are left to kopf's own handlers."""
+        done = 0
         fingerprints: dict[str, str] = {}
         for body in self.state.plugins.values():
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
-            applied = self._applied.get(key)
-            if applied is not None:
-                fingerprint, generation, when = applied
-                if key[0] not in fingerprints:
-                    fingerprints[key[0]] = self.state.trust_fingerprint(key[0])
-                if (fingerprint == fingerprints[key[0]]
-                        and generation == body["metadata"].get("generation")
-                        and now - when < everything_older_than):
-                    continue
+            if key not in self._applied:
+                continue
+            if key[0] not in fingerprints:
+                fingerprints[key[0]] = self.state.trust_fingerprint(key[0])
+            if self._current(key, body, fingerprints[key[0]]):
+                continue
             try:
-                self.reconcile(body)
-                done += 1
+                done += self.reconcile(body, unless_current=True)
             except client.ApiException as error:
                 if error.status != 404:  # a Plugin deleted meanwhile needs nothing
                     log.warning("re-verify %s/%s: %s", *key, error.reason)
         return done
+
+    def _current(self, key: tuple[str, str], body: dict[str, Any], fingerprint: str) -> bool:
+        applied = self._applied.get(key)
+        if applied is None:
+            return False
+        applied_fingerprint, generation, when = applied
+        return (applied_fingerprint == fingerprint
+                and generation == body["metadata"].get("generation")
+                and time.monotonic() - when < RESYNC_SECONDS)
 
     def forget(self, namespace: str, name: str) -> None:
         self._applied.pop((namespace, name), None)
