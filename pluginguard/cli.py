@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from pluginguard import keys, signing
+from pluginguard.audit import read_hmac_key, verify_log
 from pluginguard.errors import InputError, PluginGuardError
 from pluginguard.manifest import Plugin, load_documents, parse_plugin
 from pluginguard.policy import MaterialUnavailable, TrustPolicy, compile_policy
@@ -92,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("plugin", metavar="PLUGIN.yaml")
         command.set_defaults(run=run)
 
+    audit = commands.add_parser("audit", help="check PluginGuard's audit log")
+    audit_actions = audit.add_subparsers(required=True, metavar="ACTION")
+    check = audit_actions.add_parser("verify", help="find changed, deleted, inserted or reordered records")
+    check.add_argument("log", metavar="FILE")
+    check.add_argument("--hmac-key-file", metavar="KEY",
+                       help="check every record's HMAC too (default: $PLUGINGUARD_AUDIT_HMAC_KEY)")
+    check.add_argument("--anchor", metavar="SHA256",
+                       help="a record hash noted earlier (the last hash a verify printed): "
+                            "the log must still hold it, which shows it was not cut short")
+    check.set_defaults(run=_audit_verify)
+
     _add_deployables(commands)
     return parser
 
@@ -111,6 +123,19 @@ def _timestamp(text: str) -> datetime:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    result = verify_log(args.log, key=read_hmac_key(args.hmac_key_file), anchor=args.anchor)
+    shown = 50
+    for problem in result.problems[:shown]:
+        print(problem)
+    if len(result.problems) > shown:
+        print(f"... and {len(result.problems) - shown} more problems")
+    for note in result.notes:
+        print(f"note: {note}")
+    print(result.summary())
+    return 0 if result.intact else EXIT_REFUSED
 
 
 def _keygen(args: argparse.Namespace) -> int:
