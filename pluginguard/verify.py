@@ -247,17 +247,36 @@ def _check_statement(plugin: Plugin, payload: bytes, policy: TrustPolicy) -> Non
 
 def _check_sandbox(cluster: Mapping[str, Any], signed: Any) -> None:
     try:
+        cluster_sandbox: dict[str, Any] | None = normalize_sandbox(cluster)
+    except InputError as error:
+        cluster_sandbox, cluster_error = None, error
+    if cluster_sandbox is not None and _same_json(signed, cluster_sandbox):
+        return
+    try:
         signed_sandbox = normalize_sandbox(signed if isinstance(signed, Mapping) else None,
                                            where="signed sandbox")
     except InputError as error:
         raise Refused(Reason.MALFORMED_SIGNATURE, str(error)) from error
-    try:
-        cluster_sandbox = normalize_sandbox(cluster)
-    except InputError as error:
-        raise Refused(Reason.SANDBOX_MISMATCH, str(error)) from error
+    if cluster_sandbox is None:
+        raise Refused(Reason.SANDBOX_MISMATCH, str(cluster_error)) from cluster_error
     if canonical(signed_sandbox) != canonical(cluster_sandbox):
         difference = _first_difference(signed_sandbox, cluster_sandbox, "spec.sandbox")
         raise Refused(Reason.SANDBOX_MISMATCH, f"{difference}: the plugin's sandbox differs from the signed one")
+
+
+def _same_json(signed: Any, normal: dict[str, Any]) -> bool:
+    """Whether ``signed`` is, as JSON text, exactly the normalised sandbox ``normal``.
+
+    Signers sign the normalised sandbox, so this is the usual case, and it proves the
+    two equal without normalising and canonicalising both. The test is stricter than
+    RFC 8785 (true is not 1, 1.0 is not 1); anything else takes the full comparison.
+    """
+    if not isinstance(signed, Mapping):
+        return False
+    try:
+        return json.dumps(signed, sort_keys=True) == json.dumps(normal, sort_keys=True)
+    except (TypeError, ValueError, RecursionError):
+        return False
 
 
 def canonical(value: Any) -> bytes:
