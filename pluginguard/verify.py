@@ -175,6 +175,7 @@ def _key_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, *,
                 facts: dict[str, Any]) -> _Signer:
     """Every signature naming a trusted key must verify; at least one must come from one."""
     signer: _Signer | None = None
+    keyless_failures: list[int] = []
     for index, entry in enumerate(parsed.signatures):
         candidates = [k for k in policy.trusted_keys
                       if not entry.keyid or entry.keyid.removeprefix("sha256:") == k.fingerprint]
@@ -193,7 +194,15 @@ def _key_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, *,
             raise Refused(Reason.SIGNATURE_INVALID,
                           f"signature {index + 1} of {len(parsed.signatures)} ({facts['signer']}) "
                           f"does not verify{_over(parsed)}")
+        if verified is None:
+            keyless_failures.append(index)
         signer = signer or verified
+    if signer is not None and keyless_failures:
+        # Beside a good signature, one that names no key and verifies with none is not a
+        # harmless co-signer: nothing tells it apart from a forgery.
+        raise Refused(Reason.SIGNATURE_INVALID,
+                      f"signature {keyless_failures[0] + 1} of {len(parsed.signatures)} names no "
+                      f"key and verifies with no trusted key{_over(parsed)}")
     if signer is None:
         facts.pop("signer", None)
         keyids = ", ".join(e.keyid[:16] or "(no keyid)" for e in parsed.signatures)

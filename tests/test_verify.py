@@ -346,3 +346,12 @@ def test_verdict_does_not_depend_on_input_order(keydir: Path) -> None:
     shuffled["spec"]["sandbox"] = dict(reversed(list(shuffled["spec"]["sandbox"].items())))
     trust = trusting(keydir, "Ed25519")
     assert verdict_for(document, trust) == verdict_for(shuffled, trust)
+
+
+def test_a_keyless_signature_that_verifies_with_no_trusted_key_spoils_a_good_one(keydir: Path) -> None:
+    document = signed_by(keydir, "Ed25519")
+    other = signed_by(keydir, "ECDSA-P256")["spec"]["signature"]["dsse"]["signatures"][0]
+    document["spec"]["signature"]["dsse"]["signatures"].append({"keyid": "", "sig": other["sig"]})
+    verdict = verdict_for(document, trusting(keydir, "Ed25519"))
+    assert verdict.reason is Reason.SIGNATURE_INVALID
+    assert "names no key" in verdict.message

@@ -107,9 +107,13 @@ def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
     namespace = request.get("namespace") or "default"
     if namespace in EXEMPT_NAMESPACES or namespace == own_namespace:
         return Decision(True, reason="Exempt")
+    if kind not in _TEMPLATE_PATHS:
+        return Decision(True, reason="NotAPod")
     template = _template(request.get("object") or {}, kind)
     if template is None:
-        return Decision(True, reason="NotAPod")
+        # The API server never sends this; if it arrives anyway, fail closed.
+        return Decision(False, f"PluginGuard: {kind} {namespace}/{request.get('name') or ''} "
+                               "has no pod template", reason="NoPodTemplate")
     labels = (template.get("metadata") or {}).get("labels") or {}
     what = _describe(kind, request)
     name = labels.get(PLUGIN_LABEL)

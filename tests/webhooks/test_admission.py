@@ -353,3 +353,10 @@ def test_mutation_leaves_pods_of_unready_plugins_and_other_pods_alone() -> None:
     other = good_pod()
     del other["metadata"]["labels"]
     assert decide(cluster, other, "mutate-pods").patch is None
+
+
+def test_a_workload_without_a_pod_template_is_denied() -> None:
+    workload = {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "w", "namespace": "hkp"}, "spec": {}}
+    decision = decide(FakeCluster(trusted()), workload, kind="Deployment")
+    assert not decision.allowed and decision.reason == "NoPodTemplate"
