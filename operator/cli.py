@@ -8,6 +8,7 @@ import os
 import secrets
 from typing import Any
 
+from pluginguard import alerts, audit
 from pluginguard.logs import configure_logging
 
 
@@ -27,6 +28,8 @@ def add_commands(commands: Any) -> None:
                      help="how long a silent replica counts as alive")
     run.add_argument("--liveness", metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("--log-format", choices=["text", "json"], default="json")
+    audit.add_arguments(run)
+    alerts.add_arguments(run)
     run.set_defaults(run=_run)
 
     agent = commands.add_parser("node-agent", help="install seccomp profiles on this node")
@@ -50,14 +53,21 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format, verbose=args.verbose)
     handlers.PEERING_LIFETIME = args.peering_lifetime
+    handlers.AUDIT = audit.from_arguments(args, component="operator")
+    handlers.ALERTS = alerts.from_arguments(args)
     priority = args.priority if args.priority is not None else secrets.randbelow(2**31 - 1) + 1
-    asyncio.run(kopf.operator(
-        clusterwide=True,
-        standalone=args.standalone,
-        peering_name=None if args.standalone else args.peering,
-        priority=priority,
-        liveness_endpoint=args.liveness,
-    ))
+    try:
+        asyncio.run(kopf.operator(
+            clusterwide=True,
+            standalone=args.standalone,
+            peering_name=None if args.standalone else args.peering,
+            priority=priority,
+            liveness_endpoint=args.liveness,
+        ))
+    finally:
+        for sink in (handlers.AUDIT, handlers.ALERTS):
+            if sink is not None:
+                sink.close()
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from pluginguard.alerts import Notifier
+from pluginguard.audit import AuditLog
 from pluginguard.manifest import GROUP
 from pluginguard.operator.cluster import VERSION, ClusterState
 from pluginguard.operator.events import EventRecorder
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 TRUST_POLL_SECONDS = 2.0
 RESYNC_SECONDS = 600.0
 PEERING_LIFETIME = 60  # seconds; set from the command line
+AUDIT: AuditLog | None = None  # set from the command line, as are the alerts
+ALERTS: Notifier | None = None
 
 
 class Operator:
@@ -37,7 +41,7 @@ class Operator:
     def __init__(self, api: client.ApiClient) -> None:
         self.state = ClusterState(api).start()
         self.events = EventRecorder(api, component="pluginguard-operator")
-        self.reconciler = Reconciler(api, self.state, self.events)
+        self.reconciler = Reconciler(api, self.state, self.events, audit=AUDIT, alerts=ALERTS)
         self._applied: dict[tuple[str, str], tuple[str, int | None, float]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
@@ -125,6 +129,9 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
 def stop(**_: Any) -> None:
     if _operator is not None:
         _operator.events.flush(timeout=5)
+        for sink in (AUDIT, ALERTS):
+            if sink is not None:
+                sink.flush(timeout=5)
         _operator.state.stop()
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from kubernetes import client
 
+from pluginguard.alerts import Alert, Event, Notifier
+from pluginguard.audit import AuditLog
 from pluginguard.errors import InputError
 from pluginguard.manifest import GROUP, parse_plugin
 from pluginguard.names import (
@@ -194,9 +196,14 @@ def _time(at: datetime) -> str:
 class Reconciler:
     """Applies DesiredState to the cluster."""
 
-    def __init__(self, api: client.ApiClient, state: ClusterState, events: EventRecorder) -> None:
+    def __init__(self, api: client.ApiClient, state: ClusterState, events: EventRecorder, *,
+                 audit: AuditLog | None = None, alerts: Notifier | None = None) -> None:
         self.state = state
         self.events = events
+        self.audit = audit
+        self.alerts = alerts
+        self._expiry_alerted: set[tuple[str, str]] = set()
+        self._reported: dict[tuple[str, str], int | None] = {}  # (resource, uid) -> outcome
         self._core = client.CoreV1Api(api)
         self._networking = client.NetworkingV1Api(api)
         self._custom = client.CustomObjectsApi(api)
@@ -228,4 +235,32 @@ class Reconciler:
             _content_type="application/merge-patch+json")
         log.info("plugin %s/%s: %s (%s)", namespace, name, desired.status["reason"],
                  desired.status["message"])
+        self._report(desired, f"Plugin {namespace}/{name}", str(metadata.get("uid")))
         return desired
+
+    def _report(self, desired: DesiredState, resource: str, uid: str = "") -> None:
+        """An audit record when the verdict changed; alerts for refusals and for a
+        certificate about to expire (once per certificate: that event repeats)."""
+        status = desired.status
+        signed = {"signer": status["signer"], "digest": status["digest"]}
+        # Two handlers may reconcile from the same stale copy; like the Events, report
+        # an outcome once.
+        outcome = status.get("outcomeSequence")
+        if outcome is not None and self._reported.get((resource, uid)) == outcome:
+            return
+        self._reported[(resource, uid)] = outcome
+        for _, reason, message in desired.events:
+            if reason == status["reason"]:  # the verdict's own event: it changed
+                if self.audit is not None:
+                    self.audit.record(decision="verified" if status["verified"] else "refused",
+                                      reason=reason, resource=resource,
+                                      message=status["message"], **signed)
+                if self.alerts is not None and not status["verified"]:
+                    event = (Event.CERTIFICATE_REVOKED if reason == Reason.CERTIFICATE_REVOKED
+                             else Event.PLUGIN_REFUSED)
+                    self.alerts.notify(Alert(event, reason, resource, message, **signed))
+            elif reason == "CertificateExpiringSoon" and self.alerts is not None \
+                    and (resource, message) not in self._expiry_alerted:
+                self._expiry_alerted.add((resource, message))
+                self.alerts.notify(Alert(Event.CERTIFICATE_EXPIRING, reason, resource, message,
+                                         **signed))

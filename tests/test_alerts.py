@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from pluginguard.alerts import (
     Alert,
@@ -24,6 +25,16 @@ from pluginguard.alerts import (
     body,
 )
 from pluginguard.errors import InputError
+from pluginguard.operator.reconcile import DesiredState, Reconciler
+from pluginguard.webhooks.admission import review
+from pluginguard.webhooks.server import _record
+from tests.webhooks.test_admission import (
+    FakeCluster,
+    admission,
+    good_pod,
+    signed_plugin,
+    trusted,
+)
 
 FAST = {"backoff": 0.01, "max_backoff": 0.05, "timeout": 2.0}
 WIDE_OPEN = Rate(burst=1000, per_second=1000)
@@ -275,3 +286,79 @@ def test_only_http_urls_are_accepted() -> None:
     for url in ("file:///etc/passwd", "ftp://example.com/x", "not a url"):
         with pytest.raises(InputError, match="--alert-webhook-url"):
             Notifier(url)
+
+
+# --- where alerts come from -------------------------------------------------------------
+
+
+class Collected:
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def notify(self, alert: Alert) -> bool:
+        self.alerts.append(alert)
+        return True
+
+
+def test_the_webhook_alerts_on_refusals_of_plugins_and_plugin_pods() -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    sink = Collected()
+    tampered = signed_plugin()
+    tampered["spec"]["sandbox"]["resources"]["maxMemoryMB"] = 4096
+    bad_pod = good_pod(image="registry.example/hkp/ratelimit:v1")
+    for obj, endpoint, kw in (
+        (signed_plugin(), "plugins", {"kind": "Plugin"}),  # allowed: no alert
+        (tampered, "plugins", {"kind": "Plugin"}),
+        (bad_pod, "pods", {}),
+        (bad_pod, "pods", {"dry_run": True}),  # a dry run changes nothing: no alert
+    ):
+        request = admission(obj, **kw)
+        _, decision = review(request, cluster, kind=endpoint)
+        _record(decision, request["request"], endpoint, None, alerts=sink)  # type: ignore[arg-type]
+    assert [(a.event, a.reason, a.resource) for a in sink.alerts] == [
+        (Event.PLUGIN_REFUSED, "SandboxMismatch", "Plugin hkp/ratelimit"),
+        (Event.POD_REFUSED, "PodViolatesSandbox", "Pod hkp/rl-1"),
+    ]
+
+
+def _outcome(reason: str, *, verified: bool) -> DesiredState:
+    status = {
+        "verified": verified,
+        "reason": reason,
+        "message": f"{reason} happened",
+        "signer": "release",
+        "digest": "sha256:" + "cd" * 32,
+    }
+    return DesiredState(status, None, None, [("Warning", reason, f"{reason} happened")])
+
+
+def test_the_operator_alerts_on_revocation_refusal_and_expiry_once() -> None:
+    sink = Collected()
+    reconciler = Reconciler(client.ApiClient(), None, None, alerts=sink)  # type: ignore[arg-type]
+    reconciler._report(_outcome("CertificateRevoked", verified=False), "Plugin hkp/a")
+    reconciler._report(_outcome("NoMatchingPolicy", verified=False), "Plugin hkp/b")
+    expiring = (
+        "Warning",
+        "CertificateExpiringSoon",
+        "certificate of release expires on 2026-02-01",
+    )
+    verified = DesiredState(
+        {
+            "verified": True,
+            "reason": "Verified",
+            "message": "ok",
+            "signer": "release",
+            "digest": None,
+        },
+        None,
+        None,
+        [expiring],
+    )
+    reconciler._report(verified, "Plugin hkp/c")
+    reconciler._report(verified, "Plugin hkp/c")  # the event repeats each reconcile
+    assert [(a.event, a.resource) for a in sink.alerts] == [
+        (Event.CERTIFICATE_REVOKED, "Plugin hkp/a"),
+        (Event.PLUGIN_REFUSED, "Plugin hkp/b"),
+        (Event.CERTIFICATE_EXPIRING, "Plugin hkp/c"),
+    ]

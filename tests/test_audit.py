@@ -14,10 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from pluginguard import audit
 from pluginguard.audit import GENESIS, AuditLog, seal, verify_log
 from pluginguard.errors import InputError
+from pluginguard.operator.reconcile import DesiredState, Reconciler
+from pluginguard.webhooks.admission import review
+from pluginguard.webhooks.server import _record
+from tests.webhooks.test_admission import (
+    FakeCluster,
+    admission,
+    good_pod,
+    signed_plugin,
+    trusted,
+)
 
 KEY = b"audit-hmac-key-for-tests-0123456789"
 
@@ -575,3 +586,92 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
     assert "line 4: not an audit record" in unusable.stderr
     missing = run_cli("audit", "verify", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+# --- where decisions come from ----------------------------------------------------------
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def record(self, **fields: Any) -> None:
+        self.records.append(fields)
+
+
+def _decide_and_record(
+    cluster: FakeCluster, obj: dict[str, Any], endpoint: str, sink: Recorded, **kw: Any
+) -> None:
+    body = admission(obj, **kw)
+    _, decision = review(body, cluster, kind=endpoint)
+    _record(decision, body["request"], endpoint, None, audit=sink)  # type: ignore[arg-type]
+
+
+def test_the_webhook_audits_plugins_and_plugin_pods_only(tmp_path: Path) -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    sink = Recorded()
+    _decide_and_record(cluster, signed_plugin(), "plugins", sink, kind="Plugin")
+    _decide_and_record(cluster, good_pod(), "pods", sink)
+    _decide_and_record(
+        cluster, good_pod(image="registry.example/hkp/ratelimit:v1"), "pods", sink
+    )
+    plain = good_pod()
+    plain["metadata"]["labels"] = {}
+    _decide_and_record(cluster, plain, "pods", sink)  # not a plugin pod
+    _decide_and_record(cluster, good_pod(), "pods", sink, dry_run=True)
+    _decide_and_record(cluster, good_pod(), "mutate-pods", sink)
+    assert [(r["resource"], r["decision"], r["reason"]) for r in sink.records] == [
+        ("Plugin hkp/ratelimit", "allowed", "Verified"),
+        ("Pod hkp/rl-1", "allowed", "Verified"),
+        ("Pod hkp/rl-1", "denied", "PodViolatesSandbox"),
+    ]
+    assert sink.records[0]["signer"] and sink.records[0]["digest"].startswith("sha256:")
+
+
+def test_the_operator_audits_each_changed_outcome_once() -> None:
+    sink = Recorded()
+    reconciler = Reconciler(client.ApiClient(), None, None, audit=sink)  # type: ignore[arg-type]
+
+    def outcome(sequence: int, reason: str, verified: bool) -> DesiredState:
+        status = {
+            "verified": verified,
+            "reason": reason,
+            "message": f"{reason}!",
+            "signer": "release",
+            "digest": None,
+            "outcomeSequence": sequence,
+        }
+        events = [
+            ("Normal" if verified else "Warning", reason, f"{reason}!"),
+            ("Normal", "SeccompProfileGenerated", "profile generated"),
+        ]
+        return DesiredState(status, None, None, events)
+
+    reconciler._report(outcome(1, "Verified", True), "Plugin hkp/a", "uid-1")
+    reconciler._report(
+        outcome(1, "Verified", True), "Plugin hkp/a", "uid-1"
+    )  # replayed
+    reconciler._report(outcome(2, "KeyRevoked", False), "Plugin hkp/a", "uid-1")
+    reconciler._report(
+        outcome(1, "Verified", True), "Plugin hkp/a", "uid-2"
+    )  # recreated
+    unchanged = DesiredState(
+        {
+            "verified": True,
+            "reason": "Verified",
+            "message": "",
+            "signer": None,
+            "digest": None,
+            "outcomeSequence": 2,
+        },
+        None,
+        None,
+        [],
+    )
+    reconciler._report(unchanged, "Plugin hkp/b", "uid-3")
+    assert [(r["resource"], r["decision"], r["reason"]) for r in sink.records] == [
+        ("Plugin hkp/a", "verified", "Verified"),
+        ("Plugin hkp/a", "refused", "KeyRevoked"),
+        ("Plugin hkp/a", "verified", "Verified"),
+    ]

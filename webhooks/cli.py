@@ -6,6 +6,7 @@ import argparse
 import os
 from typing import Any
 
+from pluginguard import alerts, audit
 from pluginguard.logs import configure_logging
 
 
@@ -31,6 +32,8 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"),
                        help="the webhook's own namespace, exempt from pod checks")
     serve.add_argument("--log-format", choices=["text", "json"], default="json")
+    audit.add_arguments(serve)
+    alerts.add_arguments(serve)
     serve.set_defaults(run=_serve)
 
 
@@ -65,10 +68,18 @@ def _serve(args: argparse.Namespace) -> int:
                if args.tls_secret else CertificateFiles(args.tls_cert, args.tls_key).read)
     serving = ServingCertificate()
     serving.load(*refresh())
+    audit_log = audit.from_arguments(args, component="webhook")
+    notifier = alerts.from_arguments(args)
     state = ClusterState(api).start()
     app = make_app(WebhookCluster(state), events=EventRecorder(api, component="pluginguard-webhook"),
-                   own_namespace=args.namespace, collectors=[serving.collector()])
+                   own_namespace=args.namespace, collectors=[serving.collector()],
+                   audit=audit_log, alerts=notifier)
     app.cleanup_ctx.append(keep_current(serving, refresh, interval=args.tls_refresh_seconds))
-    web.run_app(app, host=args.host, port=args.port, ssl_context=serving.context, access_log=None,
-                print=None)
+    try:
+        web.run_app(app, host=args.host, port=args.port, ssl_context=serving.context,
+                    access_log=None, print=None)
+    finally:
+        for sink in (audit_log, notifier):
+            if sink is not None:
+                sink.close()
     return 0

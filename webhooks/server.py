@@ -27,6 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pluginguard.alerts import Alert, Event, Notifier
+from pluginguard.audit import AuditLog
 from pluginguard.errors import InputError
 from pluginguard.manifest import parse_plugin
 from pluginguard.policy import TrustPolicy
@@ -43,6 +45,7 @@ MAX_BODY_BYTES = 4 << 20  # the API server's own object limit is ~1.5 MiB; UPDAT
 STALENESS_BOUND_SECONDS = 2.0
 _VERIFIED_TTL = 300.0
 _REFUSED_TTL = 10.0
+_NOT_PLUGIN_PODS = frozenset({"NotAPluginPod", "NotAPod", "Exempt"})  # not audited
 
 
 class VerdictCache:
@@ -146,8 +149,10 @@ class Metrics:
 
 def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
              own_namespace: str | None = None,
-             collectors: Sequence[Collector] = ()) -> web.Application:
-    """The webhook's routes; ``collectors`` add to what /metrics reports."""
+             collectors: Sequence[Collector] = (), audit: AuditLog | None = None,
+             alerts: Notifier | None = None) -> web.Application:
+    """The webhook's routes; ``collectors`` add to what /metrics reports; ``audit`` and
+    ``alerts`` receive decisions about Plugins and plugin pods."""
     metrics = Metrics(cluster.cache)
     for collector in collectors:
         metrics.registry.register(collector)
@@ -178,7 +183,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
         metrics.requests.labels(kind, "allowed" if decision.allowed else "denied",
                                 decision.reason or "none").inc()
         metrics.latency.labels(kind).observe(time.perf_counter() - started)
-        _record(decision, body["request"], kind, events)
+        _record(decision, body["request"], kind, events, audit=audit, alerts=alerts)
         return web.json_response(decision.response(uid))
 
     async def healthz(_: web.Request) -> web.Response:
@@ -226,8 +231,10 @@ def _uid(body: Any) -> str | None:
 
 
 def _record(decision: Decision, request: Mapping[str, Any], kind: str,
-            events: EventRecorder | None) -> None:
-    """One log line per decision; an Event on the Plugin for refusals and audited pods."""
+            events: EventRecorder | None, *, audit: AuditLog | None = None,
+            alerts: Notifier | None = None) -> None:
+    """One log line per decision; an Event on the Plugin for refusals and audited pods;
+    an audit record (and, for refusals, an alert) about Plugins and plugin pods."""
     # Any field may be of any type here: the request was decided, maybe as malformed.
     resource = request.get("kind")
     resource_kind = resource.get("kind") if isinstance(resource, Mapping) else resource
@@ -238,6 +245,16 @@ def _record(decision: Decision, request: Mapping[str, Any], kind: str,
         fields.update(signer=decision.verdict.signer, digest=decision.verdict.digest)
     if not decision.allowed or decision.audit:
         log.info("%s %s: %s", fields["decision"], what, decision.message, extra={"fields": fields})
+    if (kind in ("plugins", "pods") and not request.get("dryRun")
+            and decision.reason not in _NOT_PLUGIN_PODS):
+        if audit is not None:
+            audit.record(decision=str(fields["decision"]), reason=decision.reason, resource=what,
+                         signer=fields.get("signer"), digest=fields.get("digest"),
+                         message=decision.message)
+        if alerts is not None and not decision.allowed:
+            alerts.notify(Alert(Event.PLUGIN_REFUSED if kind == "plugins" else Event.POD_REFUSED,
+                                decision.reason, what, decision.message,
+                                signer=fields.get("signer"), digest=fields.get("digest")))
     if events is None or request.get("dryRun") or decision.plugin is None or kind != "pods":
         return
     if not decision.allowed:
