@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import ipaddress
 import json
@@ -540,6 +541,31 @@ def parse_quantity(quantity: str | int | float, *, where: str) -> Fraction:
     return number * _SUFFIXES.get(suffix, Fraction(1))
 
 
+_REMEMBERED_QUANTITIES: Final = 4096
+
+
+def _remembered(convert: Callable[..., int]) -> Callable[..., int]:
+    """``convert`` remembering each quantity it converted: the pods of a plugin repeat a
+    few quantities on every request, and exact parsing costs more than the rest of a
+    container's checks. Refusals are not remembered; they name the place at fault."""
+    known: dict[tuple[type, object], int] = {}
+
+    @functools.wraps(convert)
+    def cached(quantity: str | int | float, *, where: str) -> int:
+        key = (type(quantity), quantity)
+        try:
+            return known[key]
+        except (KeyError, TypeError):  # TypeError: unhashable, which convert refuses
+            pass
+        value = convert(quantity, where=where)
+        if len(known) < _REMEMBERED_QUANTITIES:
+            known[key] = value
+        return value
+
+    return cached
+
+
+@_remembered
 def memory_bytes(quantity: str | int | float, *, where: str) -> int:
     """A memory quantity in bytes, rounded up as Kubernetes does.
 
@@ -548,6 +574,7 @@ def memory_bytes(quantity: str | int | float, *, where: str) -> int:
     return ceil(_non_negative(parse_quantity(quantity, where=where), where))
 
 
+@_remembered
 def cpu_millicores(quantity: str | int | float, *, where: str) -> int:
     """A CPU quantity in millicores, rounded up as Kubernetes does ("0.5" is 500).
 

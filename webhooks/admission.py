@@ -23,7 +23,13 @@ from pluginguard.names import (
     profile_path,
 )
 from pluginguard.policy import TrustPolicy
-from pluginguard.sandbox import check_pod, normalize_sandbox, pod_rules, seccomp_profile
+from pluginguard.sandbox import (
+    PodRules,
+    check_pod,
+    normalize_sandbox,
+    pod_rules,
+    seccomp_profile,
+)
 from pluginguard.verdict import Enforcement, Reason, Verdict
 from pluginguard.verify import verify_plugin
 
@@ -52,6 +58,9 @@ class Cluster(Protocol):
     def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
 
     def verdict(self, plugin: dict[str, Any]) -> Verdict: ...
+
+    def pod_rules(self, plugin: dict[str, Any]) -> PodRules | InputError:
+        """plugin_pod_rules(plugin), which a cluster may keep per Plugin version."""
 
     def policies(self) -> list[TrustPolicy]: ...
 
@@ -145,7 +154,7 @@ def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
         return Decision(False, f"PluginGuard: {what}: the pod spec has no list of containers",
                         reason="PodViolatesSandbox", plugin=plugin, verdict=verdict)
     violations = list(_image_violations(spec, plugin))
-    violations += _sandbox_violations(spec, plugin)
+    violations += _sandbox_violations(spec, plugin, cluster)
     if violations:
         return Decision(False, f"PluginGuard: {what} breaks the sandbox of Plugin "
                                f"{namespace}/{name}: " + "; ".join(violations),
@@ -225,16 +234,24 @@ def _normal_repository(repository: str) -> str:
     return repository
 
 
-def _sandbox_violations(spec: Mapping[str, Any], plugin: Mapping[str, Any]) -> list[str]:
+def _sandbox_violations(spec: Mapping[str, Any], plugin: dict[str, Any],
+                        cluster: Cluster) -> list[str]:
+    rules = cluster.pod_rules(plugin)
+    if isinstance(rules, InputError):
+        return [f"the Plugin's sandbox does not compile ({rules})"]
+    return check_pod(spec, rules)
+
+
+def plugin_pod_rules(plugin: Mapping[str, Any]) -> PodRules | InputError:
+    """The rules every pod of ``plugin`` must follow, or why its sandbox does not compile."""
     metadata = plugin.get("metadata") or {}
     status = plugin.get("status") or {}
     path = (status.get("seccomp") or {}).get("localhostProfile") or profile_path(
         metadata.get("namespace", "default"), str(metadata.get("name")))
     try:
-        rules = pod_rules((plugin.get("spec") or {}).get("sandbox") or {}, profile_path=path)
+        return pod_rules((plugin.get("spec") or {}).get("sandbox") or {}, profile_path=path)
     except InputError as error:
-        return [f"the Plugin's sandbox does not compile ({error})"]
-    return check_pod(spec, rules)
+        return error
 
 
 def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:

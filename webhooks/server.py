@@ -32,11 +32,12 @@ from pluginguard.audit import AuditLog
 from pluginguard.errors import InputError
 from pluginguard.manifest import parse_plugin
 from pluginguard.policy import TrustPolicy
+from pluginguard.sandbox import PodRules
 from pluginguard.verdict import Reason, Verdict
 from pluginguard.verify import verify_plugin
 from pluginguard.operator.cluster import ClusterState
 from pluginguard.operator.events import EventRecorder
-from pluginguard.webhooks.admission import Decision, review
+from pluginguard.webhooks.admission import Decision, plugin_pod_rules, review
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +86,14 @@ class VerdictCache:
 class WebhookCluster:
     """The admission logic's view of the cluster, over ClusterState and VerdictCache."""
 
-    def __init__(self, state: ClusterState, cache: VerdictCache | None = None) -> None:
+    def __init__(self, state: ClusterState, cache: VerdictCache | None = None, *,
+                 rules_capacity: int = 100_000) -> None:
         self.state = state
         self.cache = cache or VerdictCache()
+        self.rules_capacity = rules_capacity
+        # Per Plugin: the resourceVersion its pod rules were compiled from, and them.
+        self._rules: OrderedDict[tuple[str, str], tuple[str, PodRules | InputError]] = \
+            OrderedDict()
 
     def plugin(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.state.plugins.get(namespace, name)
@@ -97,6 +103,25 @@ class WebhookCluster:
 
     def policies(self) -> list[TrustPolicy]:
         return self.state.trust_policies()[0]
+
+    def pod_rules(self, plugin: dict[str, Any]) -> PodRules | InputError:
+        """The Plugin's pod rules, compiled once per resourceVersion (a stored object
+        changes only with it) rather than on every pod."""
+        metadata = plugin.get("metadata") or {}
+        version = metadata.get("resourceVersion")
+        if version is None:
+            return plugin_pod_rules(plugin)
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        found = self._rules.get(key)
+        if found is not None and found[0] == version:
+            self._rules.move_to_end(key)
+            return found[1]
+        rules = plugin_pod_rules(plugin)
+        self._rules[key] = (version, rules)
+        self._rules.move_to_end(key)
+        while len(self._rules) > self.rules_capacity:
+            self._rules.popitem(last=False)
+        return rules
 
     def verdict(self, plugin: dict[str, Any]) -> Verdict:
         metadata = plugin["metadata"]

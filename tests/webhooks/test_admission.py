@@ -16,7 +16,8 @@ from pluginguard.policy import NoMaterial, TrustPolicy, compile_policy
 from pluginguard.signing import sign_manifest
 from pluginguard.verdict import Verdict
 from pluginguard.verify import verify_plugin
-from pluginguard.webhooks.admission import review
+from pluginguard.sandbox import PodRules
+from pluginguard.webhooks.admission import plugin_pod_rules, review
 from tests.plugin_factory import DIGEST, plugin, policy
 
 KEY = generate_private_key("ECDSA-P256")
@@ -59,6 +60,9 @@ class FakeCluster:
             self._policies,
             namespace_labels=self.namespace_labels("hkp"),
         )
+
+    def pod_rules(self, document: dict[str, Any]) -> PodRules | InputError:
+        return plugin_pod_rules(document)
 
 
 def trusted(**spec: Any) -> dict[str, Any]:
