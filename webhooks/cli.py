@@ -38,6 +38,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import uvloop
     from aiohttp import web
     from kubernetes import client, config
 
@@ -77,7 +78,7 @@ def _serve(args: argparse.Namespace) -> int:
     app.cleanup_ctx.append(keep_current(serving, refresh, interval=args.tls_refresh_seconds))
     try:
         web.run_app(app, host=args.host, port=args.port, ssl_context=serving.context,
-                    access_log=None, print=None)
+                    access_log=None, print=None, loop=uvloop.new_event_loop())
     finally:
         for sink in (audit_log, notifier):
             if sink is not None:

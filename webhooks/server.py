@@ -7,7 +7,6 @@ wrong while deciding denies, with a message: the webhook fails closed.
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import time
@@ -16,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -188,7 +188,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
         started = time.perf_counter()
         body: Any = None
         try:
-            body = json.loads(await request.read())
+            body = orjson.loads(await request.read())
             uid, decision = review(body, cluster, kind=kind, own_namespace=own_namespace)
             decision = _unless_stale(decision, cluster, kind)
         except web.HTTPRequestEntityTooLarge:
@@ -209,7 +209,8 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
                                 decision.reason or "none").inc()
         metrics.latency.labels(kind).observe(time.perf_counter() - started)
         _record(decision, body["request"], kind, events, audit=audit, alerts=alerts)
-        return web.json_response(decision.response(uid))
+        return web.Response(body=orjson.dumps(decision.response(uid)),
+                            content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
