@@ -63,7 +63,9 @@ class Reflector:
         self._stop.set()
         response = self._response
         if response is not None:
-            response.close()
+            # shutdown(), not close(): close() waits for the reading thread, which may sit
+            # in a read for as long as the watch lasts.
+            response.shutdown()
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((namespace, name))
