@@ -16,7 +16,12 @@ from pluginguard.policy import NoMaterial, compile_policy
 from pluginguard.sandbox import normalize_sandbox
 from pluginguard.signature import DSSE_PAYLOAD_TYPE
 from pluginguard.verdict import Reason
-from pluginguard.verify import SANDBOX_PREDICATE, STATEMENT_TYPE, canonical, verify_plugin
+from pluginguard.verify import (
+    SANDBOX_PREDICATE,
+    STATEMENT_TYPE,
+    canonical,
+    verify_plugin,
+)
 from tests.plugin_factory import DIGEST, plugin, policy
 
 KEY = keys.generate_private_key("Ed25519")

@@ -8,11 +8,11 @@ from typing import Any
 
 import kubernetes.client
 import pytest
+from pluginguard.operator.cluster import ClusterState
+from pluginguard.webhooks.server import WebhookCluster
 
 from pluginguard.errors import InputError
-from pluginguard.operator.cluster import ClusterState
 from pluginguard.sandbox import cpu_millicores, memory_bytes
-from pluginguard.webhooks.server import WebhookCluster
 from tests.plugin_factory import plugin
 
 
