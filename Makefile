@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR := .pluginguard/demo
 
-.PHONY: test demo demo-down controlplane system-deps lint clean
+.PHONY: test demo demo-down controlplane system-deps lint clean bench
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ demo: system-deps $(BIN)/.installed controlplane
 
 demo-down: $(BIN)/.installed
 	$(BIN)/python scripts/demo down $(DEMO_DIR)
+
+# Every benchmark, each beside its floor, on this machine (~25 min; BENCH_PLUGINS=1000
+# for a shorter operator run): benchmarks/out/results.json and results.md.
+bench: system-deps $(BIN)/.installed
+	@$(BIN)/pip install --quiet -e '.[test,bench]' >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+	@tests/controlplane/build.sh >/dev/null
+	$(BIN)/python -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
