@@ -74,19 +74,12 @@ def _run(args: argparse.Namespace) -> int:
 def _node_agent(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from kubernetes import client, config
-
     from pluginguard.errors import InputError
+    from pluginguard.operator.cluster import api_client
     from pluginguard.operator.node_agent import NodeAgent
 
     if not args.node_name:
         raise InputError("--node-name", "is required (or set $NODE_NAME, e.g. from the downward API)")
     configure_logging(args.log_format, verbose=args.verbose)
-    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
-    if kubeconfig:
-        api = config.new_client_from_config(kubeconfig)
-    else:
-        config.load_incluster_config()
-        api = client.ApiClient()
-    NodeAgent(api, root=Path(args.root), node_name=args.node_name).run()
+    NodeAgent(api_client(args.kubeconfig), root=Path(args.root), node_name=args.node_name).run()
     return 0

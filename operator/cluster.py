@@ -12,6 +12,7 @@ import base64
 import functools
 import hashlib
 import logging
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 
 from pluginguard.errors import PluginGuardError
 from pluginguard.manifest import GROUP
@@ -42,6 +43,16 @@ class _Compiled:
     material_versions: tuple[tuple[MaterialKey, str], ...]
     policy: TrustPolicy | None
     problem: str | None
+
+
+def api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client for the API server: from ``kubeconfig`` (or $KUBECONFIG) when given,
+    else from the pod's ServiceAccount, as the deployables run in a cluster."""
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG")
+    if kubeconfig:
+        return config.new_client_from_config(kubeconfig)
+    config.load_incluster_config()
+    return client.ApiClient()
 
 
 class ClusterState:

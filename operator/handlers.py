@@ -9,18 +9,17 @@ write the same Plugin at once.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from typing import Any
 
 import kopf
-from kubernetes import client, config
+from kubernetes import client
 
 from pluginguard.alerts import Notifier
 from pluginguard.audit import AuditLog
 from pluginguard.manifest import GROUP
-from pluginguard.operator.cluster import VERSION, ClusterState
+from pluginguard.operator.cluster import VERSION, ClusterState, api_client
 from pluginguard.operator.events import EventRecorder
 from pluginguard.operator.reconcile import Reconciler
 
@@ -117,9 +116,7 @@ def start(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 240
     settings.peering.lifetime = PEERING_LIFETIME
-    kubeconfig = os.environ.get("KUBECONFIG")
-    _operator = Operator(config.new_client_from_config(kubeconfig) if kubeconfig
-                         else _in_cluster())
+    _operator = Operator(api_client())
     deadline = time.monotonic() + 60
     while not _operator.state.synced() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -166,8 +163,3 @@ def trust_poll(**_: Any) -> None:
 
 def _plain(body: kopf.Body) -> dict[str, Any]:
     return dict(body)
-
-
-def _in_cluster() -> client.ApiClient:
-    config.load_incluster_config()
-    return client.ApiClient()

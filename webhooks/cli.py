@@ -40,9 +40,7 @@ def add_commands(commands: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import uvloop
     from aiohttp import web
-    from kubernetes import client, config
-
-    from pluginguard.operator.cluster import ClusterState
+    from pluginguard.operator.cluster import ClusterState, api_client
     from pluginguard.operator.events import EventRecorder
     from pluginguard.errors import InputError
     from pluginguard.webhooks.server import WebhookCluster, make_app
@@ -58,12 +56,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise InputError("webhook serve", "give either --tls-cert and --tls-key, or --tls-secret")
     if args.tls_secret and not (args.namespace and args.tls_san):
         raise InputError("--tls-secret", "needs --namespace and at least one --tls-san")
-    kubeconfig = args.kubeconfig or os.environ.get("KUBECONFIG")
-    if kubeconfig:
-        api = config.new_client_from_config(kubeconfig)
-    else:
-        config.load_incluster_config()
-        api = client.ApiClient()
+    api = api_client(args.kubeconfig)
     refresh = (CertificateSecret(api, namespace=args.namespace, name=args.tls_secret,
                                  names=args.tls_san, configurations=args.webhook_configuration).refresh
                if args.tls_secret else CertificateFiles(args.tls_cert, args.tls_key).read)
