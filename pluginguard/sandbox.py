@@ -436,12 +436,13 @@ class Limits:
     cpu_millicores: int
     pids_max: int
 
-    @property
+    # Cached: pod checks name the ceiling in every container's rules.
+    @functools.cached_property
     def memory(self) -> str:
         """The memory limit as a Kubernetes quantity, e.g. ``256Mi``."""
         return format_bytes(self.memory_bytes)
 
-    @property
+    @functools.cached_property
     def cpu(self) -> str:
         """The CPU limit as a Kubernetes quantity, e.g. ``500m``."""
         return format_millicores(self.cpu_millicores)
@@ -929,11 +930,13 @@ def _mount_violations(
     return problems
 
 
+# Pod specs arrive as JSON: dicts, checked first because an ABC check costs more and
+# runs several times per container.
 def _object(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _objects(value: object) -> list[Mapping[str, Any]]:
     if not isinstance(value, list):
         return []
-    return [item for item in value if isinstance(item, Mapping)]
+    return [item for item in value if type(item) is dict or isinstance(item, Mapping)]
