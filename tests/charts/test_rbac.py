@@ -8,6 +8,7 @@ ServiceAccounts' own tokens.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -18,8 +19,17 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 from pluginguard.operator.cluster import ClusterState
+from pluginguard.operator.node_agent import NodeAgent
 from pluginguard.webhooks.server import WebhookCluster
 
+from pluginguard.names import (
+    PLUGIN_LABEL,
+    PROFILE_LABEL,
+    PROFILE_SHA_ANNOTATION,
+    node_label,
+    node_label_value,
+    profile_config_map,
+)
 from tests.controlplane.chart import RBAC_KINDS, apply, render, token_kubeconfig
 from tests.controlplane.pluginguard_local import ensure_namespace, install_crds
 from tests.e2e.plugins import KEY, public_pem, signed
@@ -453,3 +463,101 @@ def test_policy_compiles_from_listed_material_under_the_operators_identity(
                 )
             except client.ApiException:
                 pass
+
+
+def test_node_agent_installs_a_profile_as_its_service_account(
+    api_client: client.ApiClient,
+    kubeconfig: Path,
+    release: list[dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The agent's whole loop under the chart's node-agent role: it reads the profile
+    ConfigMap and the Plugin, writes the file, labels its Node and records an Event."""
+    directory = tmp_path_factory.mktemp("rbac-node-agent")
+    agent_api = config.new_client_from_config(
+        str(
+            token_kubeconfig(
+                api_client,
+                kubeconfig,
+                directory / "node-agent.kubeconfig",
+                namespace=NAMESPACE,
+                service_account=NODE_AGENT,
+            )
+        )
+    )
+    core = client.CoreV1Api(api_client)
+    namespace, node = (
+        f"rbac-agent-{uuid.uuid4().hex[:6]}",
+        f"node-{uuid.uuid4().hex[:6]}",
+    )
+    ensure_namespace(api_client, namespace)
+    core.create_node({"metadata": {"name": node}})
+    custom = client.CustomObjectsApi(api_client)
+    document = policy(
+        namespace,
+        namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        trustedKeys=[{"name": "release", "publicKey": public_pem(KEY)}],
+    )
+    custom.create_cluster_custom_object(
+        "pluginguard.dev", "v1alpha1", "plugintrustpolicies", document
+    )
+    # A webhook registered by another test of this session admits the Plugin once
+    # its copy holds the policy.
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            custom.create_namespaced_custom_object(
+                "pluginguard.dev",
+                "v1alpha1",
+                namespace,
+                "plugins",
+                signed("agent", namespace),
+            )
+            break
+        except client.ApiException as error:
+            if error.status not in (400, 403) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    profile = b'{"defaultAction": "SCMP_ACT_ERRNO"}'
+    sha256 = hashlib.sha256(profile).hexdigest()
+    core.create_namespaced_config_map(
+        namespace,
+        {
+            "metadata": {
+                "name": profile_config_map("agent"),
+                "labels": {PROFILE_LABEL: "true", PLUGIN_LABEL: "agent"},
+                "annotations": {PROFILE_SHA_ANNOTATION: sha256},
+            },
+            "data": {"profile.json": profile.decode()},
+        },
+    )
+
+    agent = NodeAgent(agent_api, root=directory / "seccomp", node_name=node)
+    threading.Thread(target=agent.run, daemon=True).start()
+    try:
+        path = directory / "seccomp" / "pluginguard" / namespace / "agent.json"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+            path.is_file()
+            and (core.read_node(node).metadata.labels or {}).get(
+                node_label(namespace, "agent")
+            )
+        ):
+            time.sleep(0.1)
+        assert path.read_bytes() == profile
+        labels = core.read_node(node).metadata.labels or {}
+        assert labels[node_label(namespace, "agent")] == node_label_value(sha256)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(
+            e.reason == "ProfileInstalled"
+            for e in core.list_namespaced_event(namespace).items
+        ):
+            time.sleep(0.1)
+        reasons = [e.reason for e in core.list_namespaced_event(namespace).items]
+        assert "ProfileInstalled" in reasons, reasons
+    finally:
+        threading.Thread(target=agent.stop, daemon=True).start()
+        core.delete_node(node)
+        custom.delete_cluster_custom_object(
+            "pluginguard.dev", "v1alpha1", "plugintrustpolicies", namespace
+        )
