@@ -24,7 +24,7 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--webhook-configuration", action="append", default=[], metavar="NAME",
                        help="the webhook configurations (validating and mutating) whose "
                             "caBundle the built-in TLS keeps current")
-    serve.add_argument("--tls-refresh-seconds", type=float, default=600.0, metavar="SECONDS",
+    serve.add_argument("--tls-refresh-seconds", type=float, default=60.0, metavar="SECONDS",
                        help="how often to look for a renewed certificate (files or Secret)")
     serve.add_argument("--host", default="0.0.0.0")
     serve.add_argument("--port", type=int, default=8443)
@@ -57,9 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.tls_secret and not (args.namespace and args.tls_san):
         raise InputError("--tls-secret", "needs --namespace and at least one --tls-san")
     api = api_client(args.kubeconfig)
-    refresh = (CertificateSecret(api, namespace=args.namespace, name=args.tls_secret,
-                                 names=args.tls_san, configurations=args.webhook_configuration).refresh
-               if args.tls_secret else CertificateFiles(args.tls_cert, args.tls_key).read)
+    secret = (CertificateSecret(api, namespace=args.namespace, name=args.tls_secret,
+                                names=args.tls_san, configurations=args.webhook_configuration)
+              if args.tls_secret else None)
+    refresh = secret.refresh if secret else CertificateFiles(args.tls_cert, args.tls_key).read
     serving = ServingCertificate()
     serving.load(*refresh())
     audit_log = audit.from_arguments(args, component="webhook")
@@ -68,7 +69,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = make_app(WebhookCluster(state), events=EventRecorder(api, component="pluginguard-webhook"),
                    own_namespace=args.namespace, collectors=[serving.collector()],
                    audit=audit_log, alerts=notifier)
-    app.cleanup_ctx.append(keep_current(serving, refresh, interval=args.tls_refresh_seconds))
+    app.cleanup_ctx.append(keep_current(serving, refresh, interval=args.tls_refresh_seconds,
+                                        pending=lambda: secret is not None and not secret.published))
     try:
         web.run_app(app, host=args.host, port=args.port, ssl_context=serving.context,
                     access_log=None, print=None, loop=uvloop.new_event_loop())

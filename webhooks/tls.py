@@ -46,8 +46,12 @@ CA_LIFETIME = datetime.timedelta(days=5 * 365)
 SERVING_LIFETIME = datetime.timedelta(days=365)
 #: Renew a certificate once less than this share of its lifetime is left.
 RENEW_WHEN_LEFT = 1 / 3
-#: How often the webhook looks at its certificate (files or Secret) for a newer one.
-CHECK_INTERVAL = 600.0
+#: How often the webhook looks at its certificate (files or Secret) for a newer one,
+#: and sets its caBundle again (a configuration may have been replaced meanwhile).
+CHECK_INTERVAL = 60.0
+#: How soon to look again while a webhook configuration is not there yet (helm creates
+#: them after the Deployment) or the last look failed.
+RETRY_INTERVAL = 2.0
 FIELD_MANAGER = "pluginguard-webhook"
 # Certificates start a little in the past, so that a node whose clock lags still
 # accepts them.
@@ -339,6 +343,8 @@ class CertificateSecret:
         self.name = name
         self.names = list(names)
         self.configurations = list(configurations)
+        #: Whether the last publish found every configuration (under either kind).
+        self.published = not self.configurations
         self._core = client.CoreV1Api(api)
         self._registration = client.AdmissionregistrationV1Api(api)
 
@@ -402,10 +408,12 @@ class CertificateSecret:
                 self._registration.patch_mutating_webhook_configuration,
             ),
         )
+        found = set()
         for name in self.configurations:
             for kind, read, patch in kinds:
                 try:
                     configuration = read(name)
+                    found.add(name)
                     operations = list(_bundle_patch(configuration, bundle))
                     if operations:
                         patch(name, operations, field_manager=FIELD_MANAGER)
@@ -417,6 +425,10 @@ class CertificateSecret:
                         f"{kind} {name}: cannot set its caBundle: "
                         f"{error.status} {error.reason}"
                     ) from error
+        missing = [name for name in self.configurations if name not in found]
+        if missing and self.published:
+            log.warning("webhook configuration %s not found", ", ".join(missing))
+        self.published = not missing
 
     def _read(self) -> tuple[WebhookCertificates | None, client.V1Secret | None]:
         """The certificates and the Secret they came from; (None, None) when there is
@@ -615,9 +627,11 @@ def keep_current(
     refresh: Callable[[], tuple[bytes, bytes]],
     *,
     interval: float = CHECK_INTERVAL,
+    pending: Callable[[], bool] = lambda: False,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """An aiohttp cleanup context that calls ``refresh`` every ``interval`` seconds
-    and serves what it returns.
+    and serves what it returns; every RETRY_INTERVAL instead while ``pending()`` is
+    true or after a failed refresh.
 
     ``refresh`` (blocking: it may call the API server) runs on a worker thread; the
     certificate is loaded on the event loop's thread, between handshakes. A failed
@@ -625,8 +639,11 @@ def keep_current(
     """
 
     async def renew() -> None:
+        failed = False
         while True:
-            await asyncio.sleep(interval)
+            soon = failed or pending()
+            await asyncio.sleep(min(interval, RETRY_INTERVAL) if soon else interval)
+            failed = False
             try:
                 cert_pem, key_pem = await asyncio.to_thread(refresh)
                 if serving.load(cert_pem, key_pem):
@@ -635,6 +652,7 @@ def keep_current(
                         f"{serving.not_after:%Y-%m-%d %H:%M}",
                     )
             except PluginGuardError as error:
+                failed = True
                 log.warning(
                     "certificate refresh failed, still serving the one valid until "
                     "%s: %s",

@@ -53,12 +53,15 @@ class Installation:
     ports: dict[str, int] = field(default_factory=dict)
     replicas: dict[str, Component] = field(default_factory=dict)
     secret_writes: list[dict[str, Any]] = field(default_factory=list)
+    configurations: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def core(self) -> client.CoreV1Api:
         return client.CoreV1Api(self.api)
 
-    def start(self, name: str, port: int | None = None) -> Component:
+    def start(
+        self, name: str, port: int | None = None, *, refresh_seconds: float = 1.0
+    ) -> Component:
         port = port or _free_port()
         component = Component(
             name,
@@ -72,7 +75,7 @@ class Installation:
                 "--port",
                 str(port),
                 "--tls-refresh-seconds",
-                "1",
+                str(refresh_seconds),
                 "--kubeconfig",
                 str(self.kubeconfig),
             ],
@@ -188,7 +191,8 @@ def installation(
     port = _free_port()
     setup.ports["api-server-target"] = port
     _delete_configurations(api_client)
-    apply(api_client, _configurations(objects, f"https://127.0.0.1:{port}"))
+    setup.configurations = _configurations(objects, f"https://127.0.0.1:{port}")
+    apply(api_client, setup.configurations)
     try:
         yield setup
     finally:
@@ -469,4 +473,23 @@ def test_while_the_webhook_is_down_only_plugin_objects_wait_and_break_glass_work
     wait_for(
         lambda: admits_signed_plugin(replicas.api, plain),
         what="admission without PluginGuard",
+    )
+
+    # Repair: a replica starts while the configurations are gone, with the default
+    # refresh (a minute); they come back as an upgrade restores them, without caBundle.
+    # It sets their caBundle within seconds, not at its next refresh.
+    late = replicas.start("late", replicas.ports["a"], refresh_seconds=60)
+    wait_for(lambda: _ready(late, replicas.ports["late"]), what="replica late ready")
+    restored = time.monotonic()
+    apply(replicas.api, replicas.configurations)
+    wait_for(
+        lambda: admits_signed_plugin(replicas.api, plain),
+        timeout=20,
+        what="admission through the restored configurations",
+    )
+    assert time.monotonic() - restored < 20
+    assert "PluginGuard" in refusal(
+        lambda: create_plugin(
+            custom, plugin("unsigned-again", namespace=plain), dry_run=True
+        )
     )

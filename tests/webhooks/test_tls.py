@@ -385,3 +385,94 @@ def test_bundle_patch_is_guarded_by_the_webhook_names() -> None:
             "value": "Y3VycmVudA==",
         },
     ]
+
+
+class FakeRegistration:
+    """Webhook configurations by kind and name; patches recorded."""
+
+    def __init__(self, **present: list[str]) -> None:
+        self.present = present  # kind ("validating"/"mutating") -> webhook names
+        self.patches: list[tuple[str, str, list[dict[str, Any]]]] = []
+        for kind in ("validating", "mutating"):
+            setattr(self, f"read_{kind}_webhook_configuration", self._reader(kind))
+            setattr(self, f"patch_{kind}_webhook_configuration", self._patcher(kind))
+
+    def _reader(self, kind: str) -> Any:
+        def read(name: str) -> Any:
+            if kind not in self.present:
+                raise client.ApiException(status=404, reason="Not Found")
+            hooks = [
+                SimpleNamespace(name=n, client_config=SimpleNamespace(ca_bundle=None))
+                for n in self.present[kind]
+            ]
+            return SimpleNamespace(webhooks=hooks)
+
+        return read
+
+    def _patcher(self, kind: str) -> Any:
+        def patch(name: str, body: list[dict[str, Any]], **_: Any) -> None:
+            self.patches.append((kind, name, body))
+
+        return patch
+
+
+@pytest.mark.parametrize(
+    ("present", "published"),
+    [
+        ({"validating": ["plugins", "pods"], "mutating": ["mutate"]}, True),
+        ({"validating": ["plugins", "pods"]}, True),  # the mutating one is optional
+        ({}, False),  # not created yet: helm creates them after the Deployment
+    ],
+)
+def test_publish_sets_every_bundle_and_knows_when_it_found_nothing(
+    monkeypatch: pytest.MonkeyPatch, present: dict[str, list[str]], published: bool
+) -> None:
+    registration = FakeRegistration(**present)
+    monkeypatch.setattr(tls.client, "CoreV1Api", lambda api: None)
+    monkeypatch.setattr(
+        tls.client, "AdmissionregistrationV1Api", lambda api: registration
+    )
+    store = _store(configurations=["pluginguard"])
+    made = issue(NAMES)
+
+    store.publish(made)
+
+    assert store.published is published
+    bundle = base64.b64encode(made.ca_bundle_pem).decode()
+    set_paths = [
+        (kind, op["path"])
+        for kind, _, body in registration.patches
+        for op in body
+        if op["op"] == "add" and op["value"] == bundle
+    ]
+    assert set_paths == [
+        (kind, f"/webhooks/{i}/clientConfig/caBundle")
+        for kind in ("validating", "mutating")
+        for i in range(len(present.get(kind, [])))
+    ]
+
+
+def test_refresh_loop_looks_again_soon_while_pending(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tls, "RETRY_INTERVAL", 0.01)
+    made = issue(NAMES)
+    serving = ServingCertificate()
+    calls: list[float] = []
+
+    def refresh() -> tuple[bytes, bytes]:
+        calls.append(1.0)
+        return made.cert_pem, made.key_pem
+
+    async def run() -> None:
+        context = keep_current(
+            serving, refresh, interval=3600, pending=lambda: len(calls) < 3
+        )(web.Application())
+        await context.__anext__()
+        await asyncio.sleep(0.5)
+        with pytest.raises(StopAsyncIteration):
+            await context.__anext__()
+
+    asyncio.run(run())
+    # Three quick looks while pending, then none: the hour-long interval applies.
+    assert len(calls) == 3
