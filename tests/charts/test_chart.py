@@ -346,6 +346,11 @@ def test_node_agent_writes_only_its_own_directory() -> None:
     assert _flag(container, "node-name") == ["$(NODE_NAME)"]
 
 
+def test_a_single_webhook_replica_gets_no_disruption_budget() -> None:
+    objects = render(values={"webhook": {"replicas": 1}})
+    assert not find(objects, "PodDisruptionBudget")
+
+
 def test_disabled_parts_render_nothing() -> None:
     objects = render(values=OPTIONS["minimal"])
     assert not find(objects, "DaemonSet") and not find(
