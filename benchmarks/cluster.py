@@ -56,6 +56,8 @@ class Settings:
     rates: tuple[int, ...] = (250, 500, 1000)
     seconds: float = 10.0
     warmup_seconds: float = 2.0
+    saturation_rounds: int = 3
+    saturation_seconds: float = 6.0
     connections: int = 32
     containers: tuple[int, ...] = (1, 5, 20)
     scaling_rate: int = 500
@@ -68,7 +70,8 @@ class Settings:
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(rates=(250,), seconds=3.0, warmup_seconds=1.0, containers=(1, 20),
+        return cls(rates=(250,), seconds=3.0, warmup_seconds=1.0, saturation_rounds=1,
+                   saturation_seconds=3.0, containers=(1, 20),
                    pod_seconds=4.0, pod_rounds=1, plugin_counts=(100,),
                    reconcile_timeout=180.0)
 
@@ -156,14 +159,29 @@ class Bench:
                               timeout=seconds + 120)
         return json.loads(done.stdout)
 
-    def rate_series(self, url: str, body: Path) -> dict[str, Any]:
-        """Warm up, then each fixed rate and saturation, one after the other."""
-        self.loadgen(url, body, rate=0, seconds=self.settings.warmup_seconds)
-        series = {}
-        for rate in (*self.settings.rates, 0):
-            result = self.loadgen(url, body, rate=rate, seconds=self.settings.seconds)
-            series["saturation" if rate == 0 else str(rate)] = result
-            self.log(f"  {'saturation' if rate == 0 else rate}: {_brief(result)}")
+    def side_by_side(self, urls: dict[str, str], body: Path) -> dict[str, dict[str, Any]]:
+        """Each fixed rate, then saturation, on every server in turn, so that a burst of
+        load from elsewhere on the machine falls on both alike. Saturation is measured
+        ``saturation_rounds`` times per server, alternating; its median run is kept."""
+        for url in urls.values():
+            self.loadgen(url, body, rate=0, seconds=self.settings.warmup_seconds)
+        series: dict[str, dict[str, Any]] = {name: {} for name in urls}
+        for rate in self.settings.rates:
+            for name, url in urls.items():
+                result = self.loadgen(url, body, rate=rate, seconds=self.settings.seconds)
+                series[name][str(rate)] = result
+                self.log(f"  {name} at {rate}/s: {_brief(result)}")
+        rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in urls}
+        for _ in range(self.settings.saturation_rounds):
+            for name, url in urls.items():
+                result = self.loadgen(url, body, rate=0,
+                                      seconds=self.settings.saturation_seconds)
+                rounds[name].append(result)
+                self.log(f"  {name} saturated: {_brief(result)}")
+        for name, runs in rounds.items():
+            ordered = sorted(runs, key=lambda r: r["throughput"])
+            series[name]["saturation"] = {**ordered[len(ordered) // 2],
+                                          "rounds": [r["throughput"] for r in runs]}
         return series
 
     def webhook_vs_floor(self) -> dict[str, Any]:
@@ -177,16 +195,15 @@ class Bench:
         floor.start()
         try:
             _wait_https(f"https://127.0.0.1:{port}/readyz", self.directory / "ca.pem")
-            self.log("floor server (bare aiohttp, uvloop, orjson):")
-            floor_series = self.rate_series(f"https://127.0.0.1:{port}/validate/pods", body)
+            series = self.side_by_side({
+                "floor": f"https://127.0.0.1:{port}/validate/pods",
+                "webhook": f"{self.guard.url}/validate/pods",
+            }, body)
         finally:
             floor.stop(grace=5.0)
-        self.log("PluginGuard webhook:")
-        webhook_series = self.rate_series(f"{self.guard.url}/validate/pods", body)
-        return {"body_bytes": body.stat().st_size, "floor": floor_series,
-                "webhook": webhook_series,
-                "saturation_ratio": round(webhook_series["saturation"]["throughput"]
-                                          / floor_series["saturation"]["throughput"], 3)}
+        return {"body_bytes": body.stat().st_size, **series,
+                "saturation_ratio": round(series["webhook"]["saturation"]["throughput"]
+                                          / series["floor"]["saturation"]["throughput"], 3)}
 
     def latency_at(self, body: Path, rate: int) -> dict[str, Any]:
         url = f"{self.guard.url}/validate/pods"
