@@ -24,7 +24,13 @@ from kubernetes import client, config
 
 from pluginguard.errors import PluginGuardError
 from pluginguard.manifest import GROUP
-from pluginguard.policy import MaterialUnavailable, TrustPolicy, compile_policy, selector_matches
+from pluginguard.policy import (
+    MaterialUnavailable,
+    TrustPolicy,
+    compile_policy,
+    selector_matches,
+    unusable_policy,
+)
 from pluginguard.operator.watch import Reflector
 
 log = logging.getLogger(__name__)
@@ -129,6 +135,7 @@ class ClusterState:
                 policies.append(compiled.policy)
             else:
                 problems.append(f"PluginTrustPolicy {obj['metadata']['name']}: {compiled.problem}")
+                policies.append(unusable_policy(obj, compiled.problem or "it does not compile"))
         self._policy_list = (generation, policies, problems)
         return policies, problems
 
@@ -284,6 +291,8 @@ class CrlFetcher:
 
     @staticmethod
     def _fetch(url: str) -> bytes | str:
+        if not url.startswith(("http://", "https://")):
+            return "only http and https CRL URLs are fetched"
         try:
             with urllib.request.urlopen(url, timeout=_CRL_TIMEOUT_SECONDS) as response:  # noqa: S310
                 return response.read(_CRL_MAX_BYTES)

@@ -188,14 +188,15 @@ def check_revocation(
             crl = source.crl
             if crl is None or crl.issuer != certificate.issuer:
                 continue
-            problem = _crl_problem(crl, issuer, at)
-            if problem:
+            if not _signed_by(crl, issuer):
                 if policy.crl_allow_unavailable:
                     continue
                 raise ChainRefused(
                     Reason.REVOCATION_UNAVAILABLE,
-                    f"revocation: CRL {source.origin} for {issuer.subject.rfc4514_string()} {problem}",
+                    f"revocation: CRL {source.origin} for {issuer.subject.rfc4514_string()} "
+                    "is not signed by its issuer",
                 )
+            # A revocation stays true after the list goes stale: check it before staleness.
             revoked = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
             if revoked is not None:
                 raise ChainRefused(
@@ -203,18 +204,20 @@ def check_revocation(
                     f"revocation: {keys.describe_certificate(certificate)} was revoked on "
                     f"{revoked.revocation_date_utc.date().isoformat()} (CRL {source.origin})",
                 )
+            stale = crl.next_update_utc is not None and at > crl.next_update_utc
+            if stale and not policy.crl_allow_unavailable:
+                raise ChainRefused(
+                    Reason.REVOCATION_UNAVAILABLE,
+                    f"revocation: CRL {source.origin} for {issuer.subject.rfc4514_string()} "
+                    f"is stale (nextUpdate {crl.next_update_utc.isoformat()})",  # type: ignore[union-attr]
+                )
 
 
-def _crl_problem(crl: x509.CertificateRevocationList, issuer: x509.Certificate, at: datetime) -> str | None:
+def _signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
     try:
-        valid = crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        return crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
     except TypeError:
-        valid = False
-    if not valid:
-        return "is not signed by its issuer"
-    if crl.next_update_utc is not None and at > crl.next_update_utc:
-        return f"is stale (nextUpdate {crl.next_update_utc.isoformat()})"
-    return None
+        return False
 
 
 def _no_roots_message(policy: TrustPolicy) -> str:

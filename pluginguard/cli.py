@@ -253,6 +253,8 @@ class ManifestMaterial:
         return str(value).encode()
 
     def url(self, url: str) -> bytes:
+        if not url.startswith(("http://", "https://")):
+            raise MaterialUnavailable(f"{url}: only http and https CRL URLs are fetched")
         try:
             with urllib.request.urlopen(url, timeout=self.timeout) as response:  # noqa: S310
                 return response.read(16 << 20)

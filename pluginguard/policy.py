@@ -93,6 +93,7 @@ class TrustPolicy:
     verification_timeout: timedelta
     unavailable: tuple[str, ...] = field(default=())
     references: frozenset[tuple[str, str, str]] = field(default=frozenset())
+    problem: str | None = None  # set on a policy that does not compile: it trusts nothing
 
 
 def compile_policy(
@@ -135,6 +136,35 @@ def compile_policy(
         unavailable=tuple(loader.unavailable),
         references=frozenset(loader.references),
     )
+
+
+def unusable_policy(document: Mapping[str, Any], problem: str) -> TrustPolicy:
+    """A stand-in for a policy that does not compile: it covers what it seems to cover
+    (every namespace when even its selector is unreadable) and trusts nothing there.
+
+    Dropping a broken policy would quietly lift whatever it required; this fails closed.
+    """
+    spec = document.get("spec") if isinstance(document.get("spec"), Mapping) else {}
+    selector = spec.get("namespaceSelector")
+    metadata = document.get("metadata") if isinstance(document.get("metadata"), Mapping) else {}
+    return TrustPolicy(
+        name=str(metadata.get("name", "")),
+        namespace_selector=selector if _selector_shape_ok(selector) else {},
+        enforcement=Enforcement.ENFORCE,
+        require_signature=True, require_certificate=False, require_signed_sandbox=True,
+        require_code_signing_eku=True, allowed_algorithms=frozenset(), trusted_keys=(),
+        trusted_roots=(), revoked_keys=frozenset(), max_chain_length=1, crl_sources=(),
+        crl_allow_unavailable=False, verification_timeout=timedelta(seconds=2),
+        problem=problem,
+    )
+
+
+def _selector_shape_ok(selector: Any) -> bool:
+    try:
+        _selector({"namespaceSelector": selector}, "")
+    except InputError:
+        return False
+    return isinstance(selector, Mapping)
 
 
 def selector_matches(selector: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -281,6 +311,11 @@ def _selector(spec: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     """``spec.namespaceSelector``, checked here so that matching it later cannot fail."""
     place = "spec.namespaceSelector"
     selector = optional(spec, "namespaceSelector", dict, {}, where=where)
+    unknown = sorted(set(selector) - {"matchLabels", "matchExpressions"})
+    if unknown:
+        # A misspelt key would otherwise leave an empty selector: every namespace.
+        raise InputError(where, f"{place}.{unknown[0]} is not a selector field "
+                                "(matchLabels, matchExpressions)")
     labels = selector.get("matchLabels") or {}
     if not isinstance(labels, Mapping) or not all(isinstance(v, str) for v in labels.values()):
         raise InputError(where, f"{place}.matchLabels must map label keys to string values")

@@ -768,9 +768,13 @@ def check_pod(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
         for name, volume in volumes.items()
         if "hostPath" in volume
     ]
-    pod_seccomp = _object(
-        _object(pod_spec.get("securityContext")).get("seccompProfile")
-    )
+    pod_context = _object(pod_spec.get("securityContext"))
+    violations += _privilege_violations(pod_context, "pod: securityContext")
+    if pod_spec.get("shareProcessNamespace") is True:
+        violations.append("pod: shareProcessNamespace must not be true")
+    if pod_context.get("sysctls"):
+        violations.append("pod: securityContext.sysctls must not be set")
+    pod_seccomp = _object(pod_context.get("seccompProfile"))
     for key, label in _CONTAINER_KINDS:
         for container in _objects(pod_spec.get(key)):
             subject = f'{label} "{container.get("name", "")}"'
@@ -795,6 +799,11 @@ def _container_violations(
     )
     if context.get("privileged") is True:
         problems.append("must not be privileged")
+    problems += _privilege_violations(context, "securityContext")
+    if _object(context.get("capabilities")).get("add"):
+        problems.append("securityContext.capabilities.add must be empty")
+    if any(_object(port).get("hostPort") for port in _objects(container.get("ports"))):
+        problems.append("ports must not use hostPort")
     # Kubernetes lets a process gain privileges unless this is set to false.
     if context.get("allowPrivilegeEscalation") is not False:
         problems.append("securityContext.allowPrivilegeEscalation must be false")
@@ -806,6 +815,18 @@ def _container_violations(
     if kind != "ephemeralContainers":
         problems += _limit_violations(container, rules)
     problems += _mount_violations(container, volumes, rules)
+    return problems
+
+
+def _privilege_violations(context: Mapping[str, Any], where: str) -> list[str]:
+    """What a pod or container securityContext may not ask for, whatever the sandbox."""
+    problems = []
+    if context.get("runAsUser") == 0:
+        problems.append(f"{where}.runAsUser must not be 0 (root)")
+    if _object(context.get("appArmorProfile")).get("type") == "Unconfined":
+        problems.append(f"{where}.appArmorProfile must not be Unconfined")
+    if context.get("procMount") == "Unmasked":
+        problems.append(f"{where}.procMount must not be Unmasked")
     return problems
 
 

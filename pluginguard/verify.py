@@ -83,6 +83,9 @@ def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime) -> Verdic
     """The verdict of one policy on one plugin."""
     facts: dict[str, Any] = {}
     try:
+        if policy.problem:
+            raise Refused(Reason.UNTRUSTED_SIGNER,
+                          f"the policy cannot be used, so it trusts nothing ({policy.problem})")
         signer = _verify_steps(plugin, policy, at=at, facts=facts)
     except Refused as refusal:
         facts.update(refusal.facts)

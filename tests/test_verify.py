@@ -355,3 +355,45 @@ def test_a_keyless_signature_that_verifies_with_no_trusted_key_spoils_a_good_one
     verdict = verdict_for(document, trusting(keydir, "Ed25519"))
     assert verdict.reason is Reason.SIGNATURE_INVALID
     assert "names no key" in verdict.message
+
+
+def test_a_policy_that_does_not_compile_trusts_nothing_it_covers(keydir: Path) -> None:
+    from pluginguard.policy import unusable_policy
+
+    good = compile_policy(trusting(keydir, "Ed25519"), material=NoMaterial())
+    broken = unusable_policy(policy("strict", namespaceSelector={"matchLabels": {"team": "keys"}},
+                                    revokedKeys=["not-a-fingerprint"]), "spec.revokedKeys[0] ...")
+    plugin_document = parse_plugin(signed_by(keydir, "Ed25519"), where="test")
+    covered = verify_plugin(plugin_document, [good, broken], namespace_labels={"team": "keys"})
+    assert covered.reason is Reason.UNTRUSTED_SIGNER and "cannot be used" in covered.message
+    elsewhere = verify_plugin(plugin_document, [good, broken], namespace_labels={"team": "web"})
+    assert elsewhere.verified
+    unreadable = unusable_policy(policy("odd", namespaceSelector={"matchLabel": {"x": "y"}}), "bad")
+    assert not verify_plugin(plugin_document, [good, unreadable], namespace_labels={}).verified
+
+
+def test_a_misspelt_selector_field_is_an_error_not_every_namespace(keydir: Path) -> None:
+    from pluginguard.errors import InputError
+
+    with pytest.raises(InputError, match="matchLabel is not a selector field"):
+        compile_policy(trusting(keydir, "Ed25519", namespaceSelector={"matchLabel": {"a": "b"}}),
+                       material=NoMaterial())
+
+
+def test_a_stale_crl_still_revokes_what_it_lists(pki: dict[str, Any]) -> None:
+    document = dsse_sign(plugin(), pki["revoked-signer"][0], "ECDSA-P256", keyid="",
+                         chain_pem=chain_pem(pki, "revoked-signer"))
+    short_lived = pki["intermediate"].crl(days=1)
+    trust = policy(trustedRoots=roots(pki), crl={
+        "sources": [{"inline": short_lived.decode()}], "onUnavailable": "allow"})
+    verdict = verdict_for(document, trust, at=datetime.now(UTC) + timedelta(days=2))
+    assert verdict.reason is Reason.CERTIFICATE_REVOKED
+
+
+def test_crl_urls_other_than_http_are_not_read(pki: dict[str, Any], tmp_path: Path) -> None:
+    from pluginguard.cli import ManifestMaterial
+    from pluginguard.policy import MaterialUnavailable
+
+    (tmp_path / "crl.pem").write_bytes(pki["crl"])
+    with pytest.raises(MaterialUnavailable, match="only http and https"):
+        ManifestMaterial([]).url(f"file://{tmp_path}/crl.pem")

@@ -126,8 +126,15 @@ def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
     labels = (template.get("metadata") or {}).get("labels") or {}
     what = _describe(kind, request)
     name = labels.get(PLUGIN_LABEL)
+    before = _template(request.get("oldObject") or {}, kind) if request.get("oldObject") else None
+    earlier = ((before or {}).get("metadata") or {}).get("labels") or {}
+    if earlier.get(PLUGIN_LABEL) and earlier.get(PLUGIN_LABEL) != name:
+        # Relabelling would take a running plugin out of its NetworkPolicy and checks.
+        return Decision(False, f"PluginGuard: {what} runs Plugin {earlier[PLUGIN_LABEL]}; its "
+                               f"{PLUGIN_LABEL} label cannot be removed or changed",
+                        reason="PluginLabelChanged")
     if not name:
-        if cluster.namespace_labels(namespace).get(ENFORCE_LABEL) == "true":
+        if cluster.namespace_labels(namespace).get(ENFORCE_LABEL, "").lower() == "true":
             return Decision(False, f"PluginGuard: {what} in namespace {namespace} (labelled "
                                    f"{ENFORCE_LABEL}=true) must be a plugin pod with label {PLUGIN_LABEL}",
                             reason="NotAPluginPod")
@@ -189,17 +196,20 @@ def _describe(kind: str, request: Mapping[str, Any]) -> str:
 
 
 def _image_violations(spec: Mapping[str, Any], plugin: Mapping[str, Any]) -> Iterator[str]:
+    """A plugin pod runs the signed artifact and nothing else: every image, in every kind
+    of container and image volume, is pinned by the signed digest (content addressed, so
+    no registry or tag can swap it), from the Plugin's repository when it names one."""
     artifact = (plugin.get("spec") or {}).get("artifact") or {}
     digest, repository = artifact.get("digest", ""), artifact.get("image")
     wanted = _normal_repository(repository) if repository else None
     for label, image in _images(spec):
-        repo, tag, pinned = _split_reference(image)
-        if wanted is not None and _normal_repository(repo) != wanted:
-            continue
+        repo, _, pinned = _split_reference(image)
         if pinned is None:
-            yield f'{label}: image "{image}" must be pinned by digest ({repo}@{digest}), not by tag'
+            yield f'{label}: image "{image}" must be pinned by digest ({repository or repo}@{digest})'
         elif pinned != digest:
             yield f'{label}: image "{image}" is not the signed artifact {digest}'
+        elif wanted is not None and _normal_repository(repo) != wanted:
+            yield f'{label}: image "{image}" is not from the Plugin\'s repository {repository}'
 
 
 def _images(spec: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -225,13 +235,20 @@ def _split_reference(image: str) -> tuple[str, str | None, str | None]:
 
 
 def _normal_repository(repository: str) -> str:
-    """Docker's shorthand spelled out: ``nginx`` is ``docker.io/library/nginx``."""
+    """A repository as the registry understands it: ``nginx`` is
+    ``docker.io/library/nginx``, registry hosts are case-insensitive, ``index.docker.io``
+    is ``docker.io`` and :443 is the default port."""
     first, _, remainder = repository.partition("/")
     if not remainder:
         return f"docker.io/library/{repository}"
     if "." not in first and ":" not in first and first != "localhost":
         return f"docker.io/{repository}"
-    return repository
+    host = first.lower().removesuffix(":443")
+    if host in ("index.docker.io", "registry-1.docker.io"):
+        host = "docker.io"
+    if host == "docker.io" and "/" not in remainder:
+        remainder = f"library/{remainder}"
+    return f"{host}/{remainder}"
 
 
 def _sandbox_violations(spec: Mapping[str, Any], plugin: dict[str, Any],

@@ -200,6 +200,8 @@ class LocalPluginGuard:
 
         workload_rules = [{"apiGroups": [g], "apiVersions": [v], "resources": [r],
                            "operations": ["CREATE", "UPDATE"]} for g, v, r in WORKLOADS]
+        # kubectl debug adds ephemeral containers through a subresource of its own.
+        workload_rules[0]["resources"].append("pods/ephemeralcontainers")
         configuration = {
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
             "metadata": {"name": WEBHOOK_NAME},

@@ -234,3 +234,16 @@ def test_changing_the_policy_reverifies_existing_plugins(pluginguard, custom, na
         custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
                                            {"spec": {"trustedKeys": keys_before}})
     wait_ready(custom, namespace, "reverified")
+
+
+def test_debug_containers_and_relabelling_cannot_escape(core, custom, namespace, trust_policy) -> None:
+    create_plugin(custom, signed("escape", namespace))
+    wait_ready(custom, namespace, "escape")
+    core.create_namespaced_pod(namespace, plugin_pod("target", namespace, "escape"))
+    debug = {"spec": {"ephemeralContainers": [{
+        "name": "dbg", "image": "busybox:latest", "securityContext": {"privileged": True}}]}}
+    error = refusal(lambda: core.patch_namespaced_pod_ephemeralcontainers("target", namespace, debug))
+    assert error.status == 403 and 'ephemeral container "dbg"' in error.body
+    unlabel = {"metadata": {"labels": {"pluginguard.dev/plugin": None}}}
+    error = refusal(lambda: core.patch_namespaced_pod("target", namespace, unlabel))
+    assert error.status == 403 and "cannot be removed or changed" in error.body

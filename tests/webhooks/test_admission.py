@@ -364,3 +364,53 @@ def test_a_workload_without_a_pod_template_is_denied() -> None:
                 "metadata": {"name": "w", "namespace": "hkp"}, "spec": {}}
     decision = decide(FakeCluster(trusted()), workload, kind="Deployment")
     assert not decision.allowed and decision.reason == "NoPodTemplate"
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda pod: pod["spec"]["containers"][0]["securityContext"].update(
+        capabilities={"add": ["SYS_ADMIN"]}), "capabilities.add"),
+    (lambda pod: pod["spec"]["containers"][0].update(ports=[{"containerPort": 80, "hostPort": 80}]),
+     "hostPort"),
+    (lambda pod: pod["spec"].update(shareProcessNamespace=True), "shareProcessNamespace"),
+    (lambda pod: pod["spec"].update(securityContext={"runAsUser": 0}), "runAsUser"),
+    (lambda pod: pod["spec"].update(securityContext={"sysctls": [{"name": "kernel.shm_rmid_forced",
+                                                                  "value": "1"}]}), "sysctls"),
+    (lambda pod: pod["spec"]["containers"][0]["securityContext"].update(
+        appArmorProfile={"type": "Unconfined"}), "appArmorProfile"),
+    (lambda pod: pod["spec"]["containers"].append({**pod["spec"]["containers"][0], "name": "side",
+                                                   "image": "docker.io/library/busybox:latest"}),
+     'container "side": image'),
+    (lambda pod: pod["spec"]["containers"][0].update(image=f"REGISTRY.EXAMPLE/hkp/ratelimit:latest"),
+     "must be pinned by digest"),
+    (lambda pod: pod["spec"]["containers"][0].update(image=f"other.example/evil@{DIGEST}"),
+     "not from the Plugin's repository"),
+    (lambda pod: pod["spec"].update(ephemeralContainers=[{"name": "dbg", "image": "busybox:latest",
+                                                          "securityContext": {"privileged": True}}]),
+     'ephemeral container "dbg"'),
+])
+def test_escapes_from_the_sandbox_are_denied(change: Any, fragment: str) -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    pod = good_pod()
+    change(pod)
+    decision = decide(cluster, pod)
+    assert not decision.allowed and fragment in decision.message, decision.message
+
+
+def test_the_same_registry_spelled_differently_is_the_same_repository() -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    for image in (f"Registry.Example/hkp/ratelimit@{DIGEST}", f"registry.example:443/hkp/ratelimit@{DIGEST}"):
+        assert decide(cluster, good_pod(image=image)).allowed, image
+
+
+def test_a_plugin_pod_cannot_be_relabelled_out_of_its_plugin() -> None:
+    cluster = FakeCluster(trusted())
+    cluster.add(signed_plugin())
+    old = good_pod()
+    new = copy.deepcopy(old)
+    del new["metadata"]["labels"]
+    body = admission(new)
+    body["request"].update(operation="UPDATE", oldObject=old)
+    _, decision = review(body, cluster, kind="pods")
+    assert not decision.allowed and decision.reason == "PluginLabelChanged"
