@@ -11,6 +11,7 @@ import argparse
 import base64
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -49,6 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_REFUSED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`); nothing more to say to it.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 def _fail(args: argparse.Namespace, error: Exception) -> None:
@@ -289,6 +294,8 @@ def _read_bytes(path: str) -> bytes:
 
 def _write_atomically(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path`` and rename: never half a manifest."""
+    if path.is_dir():
+        raise InputError(str(path), "is a directory; give a file name")
     temporary = path.with_name(f".{path.name}.tmp")
     try:
         temporary.write_text(text)

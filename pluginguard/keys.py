@@ -172,9 +172,13 @@ def load_private_key(pem: bytes, *, where: str, password: bytes | None = None) -
     if not isinstance(key, PrivateKey):
         raise InputError(where, f"{type(key).__name__} keys are not supported")
     try:
-        algorithm_of(key.public_key())
+        algorithm = algorithm_of(key.public_key())
     except UnsupportedKey as error:
         raise InputError(where, str(error)) from error
+    if algorithm not in ALGORITHMS:
+        # Signing with it would only produce signatures that no policy can accept.
+        raise InputError(where, f"{algorithm} keys cannot sign plugins; use one of "
+                                + ", ".join(ALGORITHMS))
     return key
 
 

@@ -26,6 +26,9 @@ from pluginguard.signature import DSSE_PAYLOAD_TYPE
 from pluginguard.verify import SANDBOX_PREDICATE, STATEMENT_TYPE, canonical
 
 
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
+
+
 def file_digest(stream: BinaryIO) -> str:
     """``sha256:<hex>`` of a file's bytes, read in chunks."""
     return "sha256:" + hashlib.file_digest(stream, "sha256").hexdigest()
@@ -61,6 +64,9 @@ def sign_manifest(
         artifact["digest"] = digest
     if not isinstance(artifact.get("digest"), str):
         raise InputError("spec.artifact.digest", "is required to sign (or pass --artifact FILE)")
+    if artifact["digest"] == PLACEHOLDER_DIGEST:
+        raise InputError("spec.artifact.digest", "is the all-zero placeholder; sign the real "
+                                                 "artifact (--artifact FILE) or set its digest")
     if form == "dsse":
         spec["signature"] = _dsse(signed, key=key, certificates=certificates)
     elif form == "hkp":
@@ -109,13 +115,18 @@ def write_keypair(key: keys.PrivateKey, prefix: str) -> tuple[Path, Path]:
     """Write ``PREFIX.key`` (mode 0600) and ``PREFIX.pub``; refuses to overwrite."""
     private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (private, public):
-        if path.exists():
+        if path.exists() or path.is_symlink():
             raise InputError(str(path), "exists already; choose another --out prefix")
     private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    with open(private, "xb", opener=lambda path, flags: os.open(path, flags, 0o600)) as out:
-        out.write(private_pem)
-    public.write_bytes(public_pem)
+    try:
+        with open(private, "xb", opener=lambda path, flags: os.open(path, flags, 0o600)) as out:
+            out.write(private_pem)
+        with open(public, "xb") as out:
+            out.write(public_pem)
+    except OSError as error:
+        private.unlink(missing_ok=True)
+        raise InputError(str(error.filename or prefix), f"cannot write: {error.strerror}") from error
     return private, public

@@ -280,3 +280,35 @@ def test_sign_with_a_bad_output_path_leaves_nothing_behind(workspace: Path) -> N
     )
     assert result.returncode == 2 and "cannot write" in result.stderr
     assert not (workspace / "missing-dir").exists()
+
+
+def test_keygen_and_sign_refuse_what_they_cannot_do_in_one_line(workspace: Path) -> None:
+    missing = run("keygen", "--algorithm", "ed25519", "--out", "no/such/dir/k", cwd=workspace)
+    assert missing.returncode == 2 and "cannot write" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    (workspace / "dangling.key").symlink_to(workspace / "nowhere")
+    dangling = run("keygen", "--algorithm", "ed25519", "--out", "dangling", cwd=workspace)
+    assert dangling.returncode == 2 and "exists already" in dangling.stderr
+    openssl_pki.openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-521",
+                        "-out", str(workspace / "p521.key"))
+    odd = run("sign", "plugin.yaml", "--key", "p521.key", cwd=workspace)
+    assert odd.returncode == 2 and "cannot sign plugins" in odd.stderr
+    openssl_pki.generate_key(workspace / "rsa3072.key", "RSA-3072")
+    rsa = run("sign", "plugin.yaml", "--key", "rsa3072.key", cwd=workspace)
+    assert rsa.returncode == 2 and "RSA-3072 keys cannot sign plugins" in rsa.stderr
+
+
+def test_signing_the_placeholder_digest_is_refused(workspace: Path) -> None:
+    document = yaml.safe_load((workspace / "plugin.yaml").read_text())
+    document["spec"]["artifact"]["digest"] = "sha256:" + "0" * 64
+    (workspace / "placeholder.yaml").write_text(yaml.safe_dump(document))
+    run("keygen", "--algorithm", "ed25519", "--out", "k", cwd=workspace)
+    result = run("sign", "placeholder.yaml", "--key", "k.key", cwd=workspace)
+    assert result.returncode == 2 and "placeholder" in result.stderr
+
+
+def test_output_to_a_closed_pipe_is_quiet(workspace: Path) -> None:
+    command = f"{sys.executable} -m pluginguard.cli seccomp plugin.yaml | head -c 10"
+    result = subprocess.run(command, shell=True, cwd=workspace, capture_output=True, text=True,
+                            timeout=60)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
