@@ -450,9 +450,7 @@ def test_policy_compiles_from_listed_material_under_the_operators_identity(
             assert verdict.verified is trusted, verdict.message
         assert UNLISTED_SECRET in verdict.message
     finally:
-        # Reflector.stop() closes a response another thread is blocked reading, which
-        # waits for that read to end (up to a watch's timeout): not on this thread.
-        threading.Thread(target=state.stop, daemon=True).start()
+        state.stop()
         for document in (good, bad):
             try:
                 custom.delete_cluster_custom_object(
@@ -556,7 +554,7 @@ def test_node_agent_installs_a_profile_as_its_service_account(
         reasons = [e.reason for e in core.list_namespaced_event(namespace).items]
         assert "ProfileInstalled" in reasons, reasons
     finally:
-        threading.Thread(target=agent.stop, daemon=True).start()
+        agent.stop()
         core.delete_node(node)
         custom.delete_cluster_custom_object(
             "pluginguard.dev", "v1alpha1", "plugintrustpolicies", namespace
