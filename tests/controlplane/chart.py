@@ -5,7 +5,6 @@ and ServiceAccount tokens turned into kubeconfigs.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -209,10 +208,3 @@ def token_kubeconfig(
     path.chmod(0o600)
     return path
 
-
-def ca_bundle(obj: Mapping[str, Any]) -> list[bytes]:
-    """The decoded caBundle of every webhook in a webhook configuration (dict form)."""
-    return [
-        base64.b64decode((w.get("clientConfig") or {}).get("caBundle") or "")
-        for w in obj.get("webhooks") or []
-    ]
