@@ -192,6 +192,7 @@ def test_admission_sends_only_plugin_pods_and_enforced_namespaces() -> None:
     }
     assert resources == {
         ("", "pods"),
+        ("", "pods/ephemeralcontainers"),
         ("apps", "deployments"),
         ("apps", "statefulsets"),
         ("apps", "daemonsets"),

@@ -189,7 +189,6 @@ REFUSED = [
     (OPERATOR, "list", "secrets", {}),
     (OPERATOR, "get", "secrets", {"namespace": "kube-system", "name": LISTED_SECRET}),
     (OPERATOR, "get", "configmaps", {"namespace": "team-a", "name": "app-settings"}),
-    (OPERATOR, "list", "configmaps", {}),
     (OPERATOR, "delete", "pods", {"namespace": "team-a", "name": "anything"}),
     (OPERATOR, "create", "pods", {"namespace": "team-a"}),
     (
