@@ -8,6 +8,7 @@ write the same Plugin at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -19,9 +20,11 @@ from kubernetes import client
 from pluginguard.alerts import Notifier
 from pluginguard.audit import AuditLog
 from pluginguard.manifest import GROUP
+from pluginguard.names import PLUGIN_LABEL, PROFILE_LABEL
 from pluginguard.operator.cluster import VERSION, ClusterState, api_client
 from pluginguard.operator.events import EventRecorder
-from pluginguard.operator.reconcile import Reconciler
+from pluginguard.operator.reconcile import FIELD_MANAGER, Reconciler
+from pluginguard.operator.watch import Reflector
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,19 @@ class Operator:
         self._applied: dict[tuple[str, str], tuple[str, int | None, float]] = {}
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
+        # The objects each Plugin owns, watched so that a deleted or edited one is put
+        # back within the trust poll, not at the next resync.
+        self._repairs: set[tuple[str, str]] = set()
+        self._profiles: dict[tuple[str, str], str] = {}
+        core, networking = client.CoreV1Api(api), client.NetworkingV1Api(api)
+        self.owned = [
+            Reflector("profile-configmaps", functools.partial(
+                core.list_config_map_for_all_namespaces, label_selector=f"{PROFILE_LABEL}=true"),
+                listener=self._owned_changed).start(),
+            Reflector("plugin-networkpolicies", functools.partial(
+                networking.list_network_policy_for_all_namespaces, label_selector=PLUGIN_LABEL),
+                listener=self._owned_changed).start(),
+        ]
 
     def reconcile(self, body: dict[str, Any], *, unless_current: bool = False) -> bool:
         """Reconcile one Plugin; with ``unless_current``, only if its trust inputs or
@@ -54,8 +70,10 @@ class Operator:
             fingerprint = self.state.trust_fingerprint(key[0])
             if unless_current and self._current(key, body, fingerprint):
                 return False
-            self.reconciler.reconcile(body)
+            desired = self.reconciler.reconcile(body)
             self._applied[key] = (fingerprint, body["metadata"].get("generation"), time.monotonic())
+            if desired.config_map is not None:
+                self._profiles[key] = desired.config_map["data"]["profile.json"]
             return True
 
     def reverify_stale(self) -> int:
@@ -63,7 +81,7 @@ class Operator:
         that was last verified longer ago than the resync period.
 
         Plugins never applied by this replica are left to kopf's own handlers."""
-        done = 0
+        done = self._repair()
         fingerprints: dict[str, str] = {}
         for body in self.state.plugins.values():
             key = (body["metadata"]["namespace"], body["metadata"]["name"])
@@ -78,6 +96,34 @@ class Operator:
             except client.ApiException as error:
                 if error.status != 404:  # a Plugin deleted meanwhile needs nothing
                     log.warning("re-verify %s/%s: %s", *key, error.reason)
+        return done
+
+    def _owned_changed(self, kind: str, obj: dict[str, Any]) -> None:
+        """Note a Plugin whose ConfigMap or NetworkPolicy was deleted, or changed by
+        anyone but the operator."""
+        metadata = obj["metadata"]
+        key = (metadata.get("namespace", ""), (metadata.get("labels") or {}).get(PLUGIN_LABEL, ""))
+        if key not in self._applied:
+            return
+        foreign = any(entry.get("manager") != FIELD_MANAGER
+                      for entry in metadata.get("managedFields") or [])
+        profile = (obj.get("data") or {}).get("profile.json")
+        edited = obj.get("kind") == "ConfigMap" and profile != self._profiles.get(key)
+        if kind == "DELETED" or foreign or edited:
+            self._repairs.add(key)
+
+    def _repair(self) -> int:
+        done = 0
+        while self._repairs:
+            key = self._repairs.pop()
+            body = self.state.plugins.get(*key)
+            if body is None:
+                continue
+            log.info("plugin %s/%s: an object it owns was changed or deleted; restoring", *key)
+            try:
+                done += self.reconcile(body)
+            except client.ApiException as error:
+                log.warning("restore %s/%s: %s", *key, error.reason)
         return done
 
     def _current(self, key: tuple[str, str], body: dict[str, Any], fingerprint: str) -> bool:
@@ -130,6 +176,8 @@ def stop(**_: Any) -> None:
             if sink is not None:
                 sink.flush(timeout=5)
         _operator.state.stop()
+        for reflector in _operator.owned:
+            reflector.stop()
 
 
 @kopf.on.resume(GROUP, VERSION, "plugins")

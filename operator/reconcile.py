@@ -98,6 +98,7 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
         policy = network_policy(sandbox, namespace=namespace, name=f"pluginguard-{name}",
                                 pod_selector={PLUGIN_LABEL: name})
         policy.setdefault("metadata", {})["ownerReferences"] = [owner]
+        policy["metadata"].setdefault("labels", {})[PLUGIN_LABEL] = name
 
     # 4. Status and events.
     status = _status(verdict, generation=generation, at=at, previous=previous)

@@ -247,3 +247,24 @@ def test_debug_containers_and_relabelling_cannot_escape(core, custom, namespace,
     unlabel = {"metadata": {"labels": {"pluginguard.dev/plugin": None}}}
     error = refusal(lambda: core.patch_namespaced_pod("target", namespace, unlabel))
     assert error.status == 403 and "cannot be removed or changed" in error.body
+
+
+def test_a_deleted_or_edited_owned_object_is_restored(pluginguard, core, custom, namespace,
+                                                      trust_policy) -> None:
+    create_plugin(custom, signed("restored", namespace))
+    wait_ready(custom, namespace, "restored")
+    networking = client.NetworkingV1Api(pluginguard.api)
+    original = networking.read_namespaced_network_policy("pluginguard-restored", namespace).spec
+    networking.delete_namespaced_network_policy("pluginguard-restored", namespace)
+    eventually(lambda: networking.read_namespaced_network_policy("pluginguard-restored", namespace),
+               what="NetworkPolicy restored")
+    networking.patch_namespaced_network_policy("pluginguard-restored", namespace,
+                                               {"spec": {"egress": [{}]}})
+    eventually(lambda: networking.read_namespaced_network_policy(
+        "pluginguard-restored", namespace).spec.egress == original.egress,
+        what="edited NetworkPolicy restored")
+    name = "pluginguard-profile-restored"
+    profile = core.read_namespaced_config_map(name, namespace).data["profile.json"]
+    core.patch_namespaced_config_map(name, namespace, {"data": {"profile.json": "{}"}})
+    eventually(lambda: core.read_namespaced_config_map(name, namespace).data["profile.json"] == profile,
+               what="edited profile restored")
