@@ -66,12 +66,14 @@ class ClusterState:
 
     ``on_trust_change`` is called (on a watch thread) when a policy, a referenced Secret
     or ConfigMap, a fetched CRL or a namespace's labels change; ``on_plugin`` when a
-    Plugin does.
+    Plugin does. ``plugin_view`` makes what is kept of each Plugin (see Reflector).
     """
 
     def __init__(self, api: client.ApiClient, *,
                  on_trust_change: Callable[[], None] | None = None,
-                 on_plugin: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 on_plugin: Callable[[str, dict[str, Any]], None] | None = None,
+                 plugin_view: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                 ) -> None:
         self.api = api
         self._custom = client.CustomObjectsApi(api)
         self._core = client.CoreV1Api(api)
@@ -86,7 +88,7 @@ class ClusterState:
         self.plugins = Reflector(
             "plugins",
             functools.partial(self._custom.list_cluster_custom_object, GROUP, VERSION, "plugins"),
-            listener=on_plugin,
+            listener=on_plugin, view=plugin_view,
         )
         self.policies = Reflector(
             "plugintrustpolicies",

@@ -8,13 +8,13 @@ wait on the API server: they read the dict as it is.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 from kubernetes import client, watch
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,17 @@ class Reflector:
     ``list_fn`` is a kubernetes-client list call (with its arguments bound) that accepts
     ``watch``, ``resource_version`` and ``timeout_seconds``. ``listener`` is called, on the
     reflector's thread, with ("ADDED"|"MODIFIED"|"DELETED", object) after the copy changed.
+
+    The copy holds no ``metadata.managedFields``: nothing here reads them, and they are
+    often the largest part of an object. ``view``, when given, makes what is kept of each
+    object out of the rest (thousands of Plugins are held in every process).
     """
 
     def __init__(self, name: str, list_fn: Callable[..., Any], *,
-                 listener: Listener | None = None) -> None:
+                 listener: Listener | None = None,
+                 view: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self.name = name
+        self._view = view
         self.objects: dict[Key, dict[str, Any]] = {}
         self.synced = threading.Event()
         self.last_sync = 0.0
@@ -111,10 +117,10 @@ class Reflector:
 
     def _list(self) -> str:
         response = self._list_fn(_preload_content=False, _request_timeout=30)
-        listing = json.loads(response.data)
+        listing = orjson.loads(response.data)
         fresh: dict[Key, dict[str, Any]] = {}
         for item in listing.get("items", []):
-            fresh[key_of(item)] = item
+            fresh[key_of(item)] = self._kept(item)
         gone = [self.objects[k] for k in self.objects.keys() - fresh.keys()]
         changed = [obj for k, obj in fresh.items() if self.objects.get(k) != obj]
         self.objects = fresh
@@ -135,6 +141,7 @@ class Reflector:
                 version = metadata.get("resourceVersion", version)
                 if kind == "BOOKMARK":
                     continue
+                obj = self._kept(obj)
                 if kind == "DELETED":
                     self.objects.pop(key_of(obj), None)
                 else:
@@ -154,7 +161,7 @@ class Reflector:
             for line in watch.watch.iter_resp_lines(response):
                 if not line.strip():
                     continue
-                event = json.loads(line)
+                event = orjson.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object") or {}
                     raise client.ApiException(status=status.get("code", 500),
@@ -164,6 +171,12 @@ class Reflector:
             self._response = None
             response.close()
             response.release_conn()
+
+    def _kept(self, obj: dict[str, Any]) -> dict[str, Any]:
+        metadata = obj.get("metadata")
+        if isinstance(metadata, dict):
+            metadata.pop("managedFields", None)
+        return self._view(obj) if self._view is not None else obj
 
     def _notify(self, kind: str, obj: dict[str, Any]) -> None:
         if self._listener is None:

@@ -90,6 +90,23 @@ class Decision:
         return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": answer}
 
 
+def admission_view(plugin: dict[str, Any]) -> dict[str, Any]:
+    """The part of a stored Plugin that admission decisions read: its identity, spec,
+    and the profile and limits the operator published. The webhook keeps only this of
+    each Plugin (a Plugin as stored, conditions and annotations included, is several
+    times larger)."""
+    metadata = plugin.get("metadata") or {}
+    status = plugin.get("status") or {}
+    return {
+        **{key: plugin[key] for key in ("apiVersion", "kind", "spec") if key in plugin},
+        "metadata": {key: metadata[key] for key in _VIEW_METADATA if key in metadata},
+        "status": {key: status[key] for key in ("seccomp", "limits") if key in status},
+    }
+
+
+_VIEW_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "labels")
+
+
 def review_plugin(request: Mapping[str, Any], cluster: Cluster) -> Decision:
     """Validate a Plugin CREATE or UPDATE: it must verify and its sandbox must compile."""
     obj = request.get("object") or {}

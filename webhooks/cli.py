@@ -43,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     from pluginguard.operator.cluster import ClusterState, api_client
     from pluginguard.operator.events import EventRecorder
     from pluginguard.errors import InputError
+    from pluginguard.webhooks.admission import admission_view
     from pluginguard.webhooks.server import WebhookCluster, make_app
     from pluginguard.webhooks.tls import (
         CertificateFiles,
@@ -65,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     serving.load(*refresh())
     audit_log = audit.from_arguments(args, component="webhook")
     notifier = alerts.from_arguments(args)
-    state = ClusterState(api).start()
+    state = ClusterState(api, plugin_view=admission_view).start()
     app = make_app(WebhookCluster(state), events=EventRecorder(api, component="pluginguard-webhook"),
                    own_namespace=args.namespace, collectors=[serving.collector()],
                    audit=audit_log, alerts=notifier)

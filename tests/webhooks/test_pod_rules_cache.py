@@ -1,5 +1,5 @@
-"""Pod rules kept per Plugin version: compiled once for each resourceVersion, never
-served for another."""
+"""What the webhook keeps per Plugin: pod rules compiled once for each resourceVersion
+and never served for another, and only the part of a Plugin its decisions read."""
 
 from __future__ import annotations
 
@@ -8,12 +8,20 @@ from typing import Any
 
 import kubernetes.client
 import pytest
-from pluginguard.operator.cluster import ClusterState
-from pluginguard.webhooks.server import WebhookCluster
 
 from pluginguard.errors import InputError
+from pluginguard.operator.cluster import ClusterState
 from pluginguard.sandbox import cpu_millicores, memory_bytes
+from pluginguard.webhooks.admission import admission_view, review
+from pluginguard.webhooks.server import WebhookCluster
 from tests.plugin_factory import plugin
+from tests.webhooks.test_admission import (
+    FakeCluster,
+    admission,
+    good_pod,
+    signed_plugin,
+    trusted,
+)
 
 
 def stored(version: str | None, **sandbox_changes: Any) -> dict[str, Any]:
@@ -70,3 +78,22 @@ def test_a_remembered_quantity_still_refuses_each_bad_one_at_its_place(convert: 
     for place in ("first", "second"):
         with pytest.raises(InputError, match=place):
             convert("two", where=place)
+
+
+def test_the_admission_view_decides_as_the_stored_plugin_does() -> None:
+    full = signed_plugin()
+    full["metadata"].update(namespace="hkp", resourceVersion="3", uid="u-1",
+                            annotations={"pluginguard.dev/last-handled-configuration": "{}"})
+    full["status"] = {"verified": True, "conditions": [{"type": "Ready", "status": "True"}],
+                      "seccomp": {"sha256": "ab" * 32, "localhostProfile": "pluginguard/hkp/ratelimit.json"},
+                      "limits": {"memory": "256Mi", "cpu": "500m"}}
+    view = admission_view(full)
+    assert "annotations" not in view["metadata"] and "conditions" not in view["status"]
+    answers = []
+    for kept in (full, view):
+        cluster = FakeCluster(trusted())
+        cluster.add(kept)
+        for endpoint in ("pods", "mutate-pods"):
+            _, decision = review(admission(good_pod()), cluster, kind=endpoint)
+            answers.append((endpoint, decision.allowed, decision.reason, decision.patch))
+    assert answers[:2] == answers[2:]
