@@ -86,6 +86,8 @@ class Bench:
     plane: ControlPlane = field(init=False)
     guard: LocalPluginGuard = field(init=False)
     key: keys.PrivateKey = field(init=False)
+    floor: Component = field(init=False)
+    floor_port: int = field(init=False)
     signed_spec: dict[str, Any] = field(init=False)
 
     # -- set-up
@@ -101,6 +103,15 @@ class Bench:
         assert self.guard.webhook is not None and self.guard.webhook.pid is not None
         pin_all_threads(self.guard.webhook.pid, SERVER_CORE)
         (self.directory / "ca.pem").write_bytes(self.guard.ca_pem)
+        self.log("starting the floor server (bare aiohttp, uvloop, orjson)")
+        self.floor_port = _free_port()
+        self.floor = Component("floor-server", [
+            "taskset", "-c", SERVER_CORE, sys.executable, str(HERE / "floor_server.py"),
+            "--tls-cert", str(self.guard.directory / "webhook.crt"),
+            "--tls-key", str(self.guard.directory / "webhook.key"),
+            "--port", str(self.floor_port)], directory=self.directory, detached=False)
+        self.floor.start()
+        _wait_https(f"https://127.0.0.1:{self.floor_port}/readyz", self.directory / "ca.pem")
 
         self.key = keys.generate_private_key("ECDSA-P256")
         public = self.key.public_key().public_bytes(Encoding.PEM,
@@ -117,7 +128,7 @@ class Bench:
         return self
 
     def stop(self) -> None:
-        for stop in (self.guard.stop, self.plane.stop):
+        for stop in (lambda: self.floor.stop(grace=5.0), self.guard.stop, self.plane.stop):
             try:
                 stop()
             except Exception as error:  # noqa: BLE001 - tear down the rest regardless
@@ -186,21 +197,10 @@ class Bench:
 
     def webhook_vs_floor(self) -> dict[str, Any]:
         body = self.review_file()
-        port = _free_port()
-        floor = Component("floor-server", [
-            "taskset", "-c", SERVER_CORE, sys.executable, str(HERE / "floor_server.py"),
-            "--tls-cert", str(self.guard.directory / "webhook.crt"),
-            "--tls-key", str(self.guard.directory / "webhook.key"), "--port", str(port)],
-            directory=self.directory, detached=False)
-        floor.start()
-        try:
-            _wait_https(f"https://127.0.0.1:{port}/readyz", self.directory / "ca.pem")
-            series = self.side_by_side({
-                "floor": f"https://127.0.0.1:{port}/validate/pods",
-                "webhook": f"{self.guard.url}/validate/pods",
-            }, body)
-        finally:
-            floor.stop(grace=5.0)
+        series = self.side_by_side({
+            "floor": f"https://127.0.0.1:{self.floor_port}/validate/pods",
+            "webhook": f"{self.guard.url}/validate/pods",
+        }, body)
         return {"body_bytes": body.stat().st_size, **series,
                 "saturation_ratio": round(series["webhook"]["saturation"]["throughput"]
                                           / series["floor"]["saturation"]["throughput"], 3)}
@@ -244,34 +244,48 @@ class Bench:
 
     # -- pods through the API server
 
+    def register(self, target: str) -> None:
+        """Point both webhook configurations (validating and mutating, as the chart
+        installs them) at ``target``: "pluginguard", "floor", or "none" to remove them."""
+        if target == "none":
+            self.guard.unregister_webhook()
+            return
+        port = self.guard.port
+        self.guard.port = self.floor_port if target == "floor" else port
+        try:
+            self.guard.register_webhook()
+        finally:
+            self.guard.port = port
+
     def pods_through_apiserver(self) -> dict[str, Any]:
         """Pods created per second by ``pod_workers`` concurrent clients, each run in a
-        fresh namespace (real creates, persisted in etcd; no kubelet runs them)."""
+        fresh namespace (real creates, persisted in etcd; no kubelet runs them): with no
+        webhook, with the floor server registered in PluginGuard's place (what the API
+        server itself spends on calling two webhooks), and with PluginGuard."""
         rounds = []
+        targets = ("none", "floor", "pluginguard")
         for index in range(self.settings.pod_rounds):
-            for registered in (False, True):
-                namespace = f"pods-{'with' if registered else 'without'}-{index}"
+            for target in targets:
+                namespace = f"pods-{target}-{index}"
                 obj = self.plugin_namespace(namespace)
-                if registered:
-                    self.guard.register_webhook()
-                else:
-                    self.guard.unregister_webhook()
+                self.register(target)
                 time.sleep(1.0)  # the API server picks up webhook configurations by watch
                 pod = pod_review(obj, containers=3)["request"]["object"]
                 result = asyncio.run(self._create_pods(namespace, pod))
-                result["webhook"] = registered
-                self.log(f"  {'with' if registered else 'without'} webhook: "
-                         f"{result['pods_per_second']} pods/s ({result['failures']} failures)")
+                result["webhook"] = target
+                self.log(f"  webhook {target}: {result['pods_per_second']} pods/s "
+                         f"({result['failures']} failures)")
                 rounds.append(result)
-        self.guard.register_webhook()
+        self.register("pluginguard")
         time.sleep(1.0)
 
-        def mean(registered: bool) -> float:
-            values = [r["pods_per_second"] for r in rounds if r["webhook"] is registered]
-            return sum(values) / len(values)
-        return {"rounds": rounds, "with_webhook": round(mean(True), 1),
-                "without_webhook": round(mean(False), 1),
-                "ratio": round(mean(True) / mean(False), 3)}
+        def mean(target: str) -> float:
+            values = [r["pods_per_second"] for r in rounds if r["webhook"] == target]
+            return round(sum(values) / len(values), 1)
+        means = {target: mean(target) for target in targets}
+        return {"rounds": rounds, "mean": means,
+                "ratio": round(means["pluginguard"] / means["none"], 3),
+                "ratio_to_floor_webhook": round(means["pluginguard"] / means["floor"], 3)}
 
     async def _create_pods(self, namespace: str, pod: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.plane.server}/api/v1/namespaces/{namespace}/pods"
@@ -306,15 +320,22 @@ class Bench:
         time from the first create to the last Plugin Ready."""
         namespace = f"ops-{count}"
         ensure_namespace(self.guard.api, namespace, labels={BENCH_LABEL: "true"})
-        result = asyncio.run(self._create_and_wait(namespace, count))
         assert self.guard.webhook is not None
+        processes = {"operator": self.guard.operators[0].pid, "webhook": self.guard.webhook.pid,
+                     "kube-apiserver": self.plane.apiserver.pid, "etcd": self.plane.etcd.pid,
+                     "bench client": os.getpid()}
+        before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+        result = asyncio.run(self._create_and_wait(namespace, count))
+        result["cpu_seconds"] = {name: round(_cpu_seconds(pid) - before[name], 1)
+                                 for name, pid in processes.items()}
         result["rss_mib"] = {
             "webhook": round(self.guard.webhook.rss_bytes() / 2**20, 1),
             "operator": round(self.guard.operators[0].rss_bytes() / 2**20, 1),
             **{name: round(rss / 2**20, 1) for name, rss in self.plane.rss().items()},
         }
         self.log(f"  {count} Plugins: created in {result['create_seconds']}s, all Ready after "
-                 f"{result['ready_seconds']}s ({result['ready']}/{count}); RSS {result['rss_mib']}")
+                 f"{result['ready_seconds']}s ({result['ready']}/{count}); RSS {result['rss_mib']}; "
+                 f"CPU seconds {result['cpu_seconds']}")
         return result
 
     async def _create_and_wait(self, namespace: str, count: int) -> dict[str, Any]:
@@ -387,6 +408,17 @@ def _ready(obj: dict[str, Any]) -> bool:
             return condition.get("status") == "True" and \
                 condition.get("observedGeneration") == generation
     return False
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time a process has used so far, from /proc."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pin_all_threads(pid: int, cpus: str) -> None:
