@@ -23,7 +23,7 @@ from pluginguard.manifest import GROUP
 from pluginguard.names import PLUGIN_LABEL, PROFILE_LABEL
 from pluginguard.operator.cluster import VERSION, ClusterState, api_client
 from pluginguard.operator.events import EventRecorder
-from pluginguard.operator.reconcile import FIELD_MANAGER, Reconciler
+from pluginguard.operator.reconcile import Reconciler
 from pluginguard.operator.watch import Reflector
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Operator:
         # The objects each Plugin owns, watched so that a deleted or edited one is put
         # back within the trust poll, not at the next resync.
         self._repairs: set[tuple[str, str]] = set()
-        self._profiles: dict[tuple[str, str], str] = {}
+        self._owned: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
         core, networking = client.CoreV1Api(api), client.NetworkingV1Api(api)
         self.owned = [
             Reflector("profile-configmaps", functools.partial(
@@ -72,8 +72,9 @@ class Operator:
                 return False
             desired = self.reconciler.reconcile(body)
             self._applied[key] = (fingerprint, body["metadata"].get("generation"), time.monotonic())
-            if desired.config_map is not None:
-                self._profiles[key] = desired.config_map["data"]["profile.json"]
+            if desired.config_map is not None and desired.network_policy is not None:
+                self._owned[key] = (desired.config_map["data"]["profile.json"],
+                                    desired.network_policy["spec"])
             return True
 
     def reverify_stale(self) -> int:
@@ -96,20 +97,25 @@ class Operator:
             except client.ApiException as error:
                 if error.status != 404:  # a Plugin deleted meanwhile needs nothing
                     log.warning("re-verify %s/%s: %s", *key, error.reason)
+            except Exception as error:  # noqa: BLE001 - the API server away: next poll
+                log.warning("re-verify %s/%s: %s", *key, error)
+                break
         return done
 
     def _owned_changed(self, kind: str, obj: dict[str, Any]) -> None:
-        """Note a Plugin whose ConfigMap or NetworkPolicy was deleted, or changed by
-        anyone but the operator."""
+        """Note a Plugin whose ConfigMap or NetworkPolicy was deleted, or no longer says
+        what the operator last wrote."""
         metadata = obj["metadata"]
         key = (metadata.get("namespace", ""), (metadata.get("labels") or {}).get(PLUGIN_LABEL, ""))
-        if key not in self._applied:
+        written = self._owned.get(key)
+        if written is None:
             return
-        foreign = any(entry.get("manager") != FIELD_MANAGER
-                      for entry in metadata.get("managedFields") or [])
-        profile = (obj.get("data") or {}).get("profile.json")
-        edited = obj.get("kind") == "ConfigMap" and profile != self._profiles.get(key)
-        if kind == "DELETED" or foreign or edited:
+        profile, policy_spec = written
+        if obj.get("kind") == "ConfigMap":
+            drifted = (obj.get("data") or {}).get("profile.json") != profile
+        else:
+            drifted = _pruned(obj.get("spec")) != _pruned(policy_spec)
+        if kind == "DELETED" or drifted:
             self._repairs.add(key)
 
     def _repair(self) -> int:
@@ -122,8 +128,10 @@ class Operator:
             log.info("plugin %s/%s: an object it owns was changed or deleted; restoring", *key)
             try:
                 done += self.reconcile(body)
-            except client.ApiException as error:
-                log.warning("restore %s/%s: %s", *key, error.reason)
+            except Exception as error:  # noqa: BLE001 - retried at the next poll
+                self._repairs.add(key)
+                log.warning("restore %s/%s: %s", *key, error)
+                break
         return done
 
     def _current(self, key: tuple[str, str], body: dict[str, Any], fingerprint: str) -> bool:
@@ -141,6 +149,16 @@ class Operator:
     def _lock(self, key: tuple[str, str]) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
+
+
+def _pruned(value: Any) -> Any:
+    """``value`` without empty lists, maps and nulls, which the API server may drop."""
+    if isinstance(value, dict):
+        pruned = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, [], {})}
+    if isinstance(value, list):
+        return [_pruned(v) for v in value]
+    return value
 
 
 _operator: Operator | None = None
