@@ -338,6 +338,116 @@ class Bench:
                  f"CPU seconds {result['cpu_seconds']}")
         return result
 
+    def api_floor(self, count: int) -> dict[str, Any]:
+        """The operator's floor: the API writes the operator and kopf make for each Plugin,
+        made by an async client that does nothing else. Run with the operator stopped.
+
+        Per Plugin, in order: create it (through the webhook, as before), kopf's
+        annotation patch, the profile ConfigMap and the NetworkPolicy (server-side apply,
+        copied from a reconciled Plugin), two Events, the status patch. Timed from the
+        first create to the last status patch.
+        """
+        custom = client.CustomObjectsApi(self.guard.api)
+        reconciled = custom.get_namespaced_custom_object(GROUP, VERSION, HOME, "plugins",
+                                                         "bench-plugin")
+        core = client.CoreV1Api(self.guard.api)
+        profile = core.read_namespaced_config_map("pluginguard-profile-bench-plugin", HOME)
+        policy = client.NetworkingV1Api(self.guard.api).read_namespaced_network_policy(
+            "pluginguard-bench-plugin", HOME)
+        namespace = f"floor-{count}"
+        ensure_namespace(self.guard.api, namespace, labels={BENCH_LABEL: "true"})
+        copies = {
+            "annotations": (reconciled["metadata"].get("annotations") or {}),
+            "status": reconciled["status"],
+            "profile": {"metadata": {"labels": profile.metadata.labels,
+                                     "annotations": profile.metadata.annotations},
+                        "data": profile.data},
+            "policy": self.guard.api.sanitize_for_serialization(policy.spec),
+        }
+        processes = {"kube-apiserver": self.plane.apiserver.pid, "etcd": self.plane.etcd.pid,
+                     "webhook": self.guard.webhook.pid if self.guard.webhook else None,
+                     "bench client": os.getpid()}
+        before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+        result = asyncio.run(self._floor_writes(namespace, count, copies))
+        result["cpu_seconds"] = {name: round(_cpu_seconds(pid) - before[name], 1)
+                                 for name, pid in processes.items()}
+        self.log(f"  API floor, {count} Plugins: {result['seconds']}s "
+                 f"({result['failures']} failures); CPU seconds {result['cpu_seconds']}")
+        return result
+
+    async def _floor_writes(self, namespace: str, count: int,
+                            copies: dict[str, Any]) -> dict[str, Any]:
+        server = self.plane.server
+        plugins = f"{server}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/plugins"
+        failures: dict[str, int] = {}
+        apply = {"Content-Type": "application/apply-patch+yaml"}
+        merge = {"Content-Type": "application/merge-patch+json"}
+        owner_fields = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Plugin",
+                        "controller": True, "blockOwnerDeletion": True}
+
+        async def send(session: aiohttp.ClientSession, method: str, url: str,
+                       body: dict[str, Any], headers: dict[str, str] | None = None) -> Any:
+            async with session.request(method, url, data=orjson.dumps(body),
+                                       headers=headers) as response:
+                answer = await response.read()
+                if response.status >= 300:
+                    reason = f"{method} {response.status}"
+                    failures[reason] = failures.get(reason, 0) + 1
+                    return None
+                return orjson.loads(answer)
+
+        async def one(session: aiohttp.ClientSession, name: str) -> None:
+            created = await send(session, "POST", plugins, self.plugin(name, namespace))
+            if created is None:
+                return
+            uid = created["metadata"]["uid"]
+            owner = {**owner_fields, "name": name, "uid": uid}
+            await send(session, "PATCH", f"{plugins}/{name}",
+                       {"metadata": {"annotations": copies["annotations"]}}, merge)
+            config_map = f"pluginguard-profile-{name}"
+            await send(session, "PATCH",
+                       f"{server}/api/v1/namespaces/{namespace}/configmaps/{config_map}"
+                       "?fieldManager=pluginguard-operator&force=true",
+                       {"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": config_map, "namespace": namespace,
+                                     **copies["profile"]["metadata"],
+                                     "ownerReferences": [owner]},
+                        "data": copies["profile"]["data"]}, apply)
+            await send(session, "PATCH",
+                       f"{server}/apis/networking.k8s.io/v1/namespaces/{namespace}/"
+                       f"networkpolicies/pluginguard-{name}"
+                       "?fieldManager=pluginguard-operator&force=true",
+                       {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": {"name": f"pluginguard-{name}", "namespace": namespace,
+                                     "ownerReferences": [owner]},
+                        "spec": copies["policy"]}, apply)
+            for index, reason in enumerate(("Verified", "SeccompProfileGenerated")):
+                await send(session, "POST", f"{server}/api/v1/namespaces/{namespace}/events", {
+                    "metadata": {"name": f"{name}.floor{index}", "namespace": namespace},
+                    "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Plugin",
+                                       "name": name, "namespace": namespace, "uid": uid},
+                    "type": "Normal", "reason": reason, "message": f"{reason} (floor)",
+                    "source": {"component": "pluginguard-operator"}, "count": 1})
+            await send(session, "PATCH", f"{plugins}/{name}/status",
+                       {"status": copies["status"]}, merge)
+
+        names = iter(range(count))
+        async with self._session() as session:
+            async def pipeline() -> None:
+                for index in names:
+                    await one(session, f"p-{index:05d}")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(pipeline() for _ in range(self.settings.create_workers)))
+            elapsed = time.perf_counter() - started
+        return {"plugins": count, "seconds": round(elapsed, 1),
+                "plugins_per_second": round(count / elapsed, 1),
+                "failures": sum(failures.values()), "failure_kinds": failures}
+
+    def stop_operator(self) -> None:
+        for operator in self.guard.operators:
+            operator.stop(grace=10.0)
+
     async def _create_and_wait(self, namespace: str, count: int) -> dict[str, Any]:
         base = f"{self.plane.server}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/plugins"
         ready: set[str] = set()

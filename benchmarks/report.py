@@ -26,7 +26,7 @@ def markdown(results: dict[str, Any]) -> str:
     if cluster:
         lines += _webhook(cluster)
         lines += _pods(cluster.get("pods"))
-        lines += _operator(cluster.get("operator") or [])
+        lines += _operator(cluster.get("operator") or [], cluster.get("api_floor") or [])
     lines += _targets(results)
     return "\n".join(lines) + "\n"
 
@@ -131,10 +131,22 @@ def _pods(pods: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def _operator(runs: list[dict[str, Any]]) -> list[str]:
+def _operator(runs: list[dict[str, Any]], floors: list[dict[str, Any]]) -> list[str]:
     if not runs:
         return []
     lines = ["## Operator: Plugins created, then all Ready", ""]
+    floor = {f["plugins"]: f for f in floors}
+    if floor:
+        lines += ["The floor makes the same API writes per Plugin as the operator and kopf "
+                  "(create, kopf's annotation patch, ConfigMap and NetworkPolicy applied, two "
+                  "Events, status), from an async client that does nothing else, with the "
+                  "operator stopped.", ""]
+        lines += _table(
+            ["Plugins", "operator s", "API floor s", "operator / floor", "floor failures"],
+            [(r["plugins"], r["ready_seconds"], floor[r["plugins"]]["seconds"],
+              round(r["ready_seconds"] / floor[r["plugins"]]["seconds"], 2)
+              if r["ready_seconds"] else None, floor[r["plugins"]]["failures"])
+             for r in runs if r["plugins"] in floor])
     lines += _table(
         ["Plugins", "created in s", "all Ready after s", "Ready", "Plugins/s", "webhook RSS MiB",
          "operator RSS MiB", "kube-apiserver RSS MiB", "etcd RSS MiB"],
@@ -144,9 +156,13 @@ def _operator(runs: list[dict[str, Any]]) -> list[str]:
     if all("cpu_seconds" in r for r in runs):
         names = list(runs[0]["cpu_seconds"])
         lines += ["CPU seconds each process used from the first create to the last Ready "
-                  "(2 CPUs: at most twice the wall time in all):", ""]
-        lines += _table(["Plugins", *names],
-                        [(r["plugins"], *(r["cpu_seconds"][n] for n in names)) for r in runs])
+                  "(2 CPUs: at most twice the wall time in all); floor rows for the floor's "
+                  "run:", ""]
+        rows = [(r["plugins"], "operator", *(r["cpu_seconds"].get(n) for n in names))
+                for r in runs]
+        rows += [(f["plugins"], "floor", *(f["cpu_seconds"].get(n) for n in names))
+                 for f in floors if "cpu_seconds" in f]
+        lines += _table(["Plugins", "run", *names], rows)
     return lines
 
 

@@ -105,6 +105,9 @@ def run_cluster(settings: Settings, directory: Path, *, webhook_only: bool = Fal
             results["operator"].append(bench.reconcile(count))
             cached += count
             results["by_plugins_cached"].append(bench.by_plugins_cached(cached))
+        log("the operator's floor: its API writes from a client that does nothing else")
+        bench.stop_operator()
+        results["api_floor"] = [bench.api_floor(count) for count in settings.plugin_counts]
         log("webhook while kube-apiserver is stopped")
         results["api_server_stopped"] = bench.api_server_frozen()
     finally:
