@@ -162,13 +162,23 @@ class Bench:
     # -- the webhook beside its floor
 
     def loadgen(self, url: str, body: Path, *, rate: float, seconds: float) -> dict[str, Any]:
+        """One run of the load generator, with what it cost the server: CPU microseconds
+        per answered request (all of the server's threads), a figure that holds even
+        when the client, not the server, limits the throughput."""
         command = ["taskset", "-c", CLIENT_CORE, sys.executable, str(HERE / "loadgen.py"), url,
                    "--body", str(body), "--ca", str(self.directory / "ca.pem"),
                    "--rate", str(rate), "--seconds", str(seconds),
                    "--connections", str(self.settings.connections)]
+        server = self.floor.pid if f":{self.floor_port}/" in url else (
+            self.guard.webhook.pid if self.guard.webhook else None)
+        before = _cpu_seconds(server)
         done = subprocess.run(command, capture_output=True, text=True, check=True,
                               timeout=seconds + 120)
-        return json.loads(done.stdout)
+        result = json.loads(done.stdout)
+        answered = result["requests"] - result["failures"]
+        used = _cpu_seconds(server) - before
+        result["server_cpu_us_per_request"] = round(used / answered * 1e6, 1) if answered else None
+        return result
 
     def side_by_side(self, urls: dict[str, str], body: Path) -> dict[str, dict[str, Any]]:
         """Each fixed rate, then saturation, on every server in turn, so that a burst of
@@ -201,9 +211,13 @@ class Bench:
             "floor": f"https://127.0.0.1:{self.floor_port}/validate/pods",
             "webhook": f"{self.guard.url}/validate/pods",
         }, body)
+        floor_cost = series["floor"]["saturation"]["server_cpu_us_per_request"]
+        webhook_cost = series["webhook"]["saturation"]["server_cpu_us_per_request"]
         return {"body_bytes": body.stat().st_size, **series,
                 "saturation_ratio": round(series["webhook"]["saturation"]["throughput"]
-                                          / series["floor"]["saturation"]["throughput"], 3)}
+                                          / series["floor"]["saturation"]["throughput"], 3),
+                "cpu_ratio": round(floor_cost / webhook_cost, 3)
+                if floor_cost and webhook_cost else None}
 
     def latency_at(self, body: Path, rate: int) -> dict[str, Any]:
         url = f"{self.guard.url}/validate/pods"
@@ -560,4 +574,5 @@ def _wait_https(url: str, ca: Path, timeout: float = 30.0) -> None:
 def _brief(result: dict[str, Any]) -> str:
     return (f"{result['throughput']} req/s, p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
             f"p99.9 {result['p999_ms']} ms, {result['failures']} failures, "
-            f"client CPU {result['client_cpu']}")
+            f"client CPU {result['client_cpu']}, "
+            f"server {result.get('server_cpu_us_per_request')} CPU µs/request")

@@ -89,13 +89,19 @@ def _webhook(cluster: dict[str, Any]) -> list[str]:
                   "bytes; latency in ms, counted from when each request was due.", ""]
         rows = []
         for key in webhook["webhook"]:
-            floor, ours = webhook["floor"].get(key), webhook["webhook"][key]
-            rows.append([key, *_run_cells(floor), *_run_cells(ours),
-                         ours.get("client_cpu")])
+            floor, ours = webhook["floor"].get(key) or {}, webhook["webhook"][key]
+            rows.append([key, *_run_cells(floor), floor.get("server_cpu_us_per_request"),
+                         floor.get("client_cpu"), *_run_cells(ours),
+                         ours.get("server_cpu_us_per_request"), ours.get("client_cpu")])
         lines += _table(["rate", "floor req/s", "floor p50", "floor p99", "floor p99.9",
-                         "floor failures", "webhook req/s", "webhook p50", "webhook p99",
-                         "webhook p99.9", "webhook failures", "client CPU"], rows)
-        lines += [f"Saturation throughput, webhook / floor: {webhook['saturation_ratio']}", ""]
+                         "floor failures", "floor CPU µs/req", "client CPU",
+                         "webhook req/s", "webhook p50", "webhook p99", "webhook p99.9",
+                         "webhook failures", "webhook CPU µs/req", "client CPU"], rows)
+        lines += [f"Saturation throughput, webhook / floor: {webhook['saturation_ratio']} "
+                  f"(rounds: floor {webhook['floor']['saturation'].get('rounds')}, webhook "
+                  f"{webhook['webhook']['saturation'].get('rounds')}). Server CPU per request, "
+                  f"floor / webhook: {webhook.get('cpu_ratio')}. A client CPU near 1.0 means "
+                  "the load generator, not the server, set the pace.", ""]
     if cluster.get("by_containers"):
         lines += ["Latency by containers in the pod:", ""]
         lines += _table(["containers", "bytes", "rate", "req/s", "p50", "p99", "p99.9", "failures"],
@@ -184,7 +190,8 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     found.append((TARGETS["p99"], f"{at_1000['p99_ms']} ms" if at_1000 else "not run",
                   at_1000["p99_ms"] <= 2.0 if at_1000 else None))
     found.append((TARGETS["saturation"],
-                  f"{webhook['saturation_ratio']}" if webhook else "not run",
+                  f"{webhook['saturation_ratio']} (server CPU per request, floor / webhook: "
+                  f"{webhook.get('cpu_ratio')})" if webhook else "not run",
                   webhook["saturation_ratio"] >= 0.7 if webhook else None))
     pods = cluster.get("pods")
     found.append((TARGETS["pods"], f"{pods['ratio']}" if pods else "not run",
