@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR := .pluginguard/demo
 
-.PHONY: test demo demo-down controlplane system-deps lint clean bench
+.PHONY: test demo demo-down controlplane system-deps clean bench
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -m venv $(VENV)
