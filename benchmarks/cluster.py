@@ -103,15 +103,6 @@ class Bench:
         assert self.guard.webhook is not None and self.guard.webhook.pid is not None
         pin_all_threads(self.guard.webhook.pid, SERVER_CORE)
         (self.directory / "ca.pem").write_bytes(self.guard.ca_pem)
-        self.log("starting the floor server (bare aiohttp, uvloop, orjson)")
-        self.floor_port = _free_port()
-        self.floor = Component("floor-server", [
-            "taskset", "-c", SERVER_CORE, sys.executable, str(HERE / "floor_server.py"),
-            "--tls-cert", str(self.guard.directory / "webhook.crt"),
-            "--tls-key", str(self.guard.directory / "webhook.key"),
-            "--port", str(self.floor_port)], directory=self.directory, detached=False)
-        self.floor.start()
-        _wait_https(f"https://127.0.0.1:{self.floor_port}/readyz", self.directory / "ca.pem")
 
         self.key = keys.generate_private_key("ECDSA-P256")
         public = self.key.public_key().public_bytes(Encoding.PEM,
@@ -125,7 +116,37 @@ class Bench:
         })
         self.signed_spec = sign_manifest(plugin_document(), key=self.key)["spec"]
         self.plugin_namespace(HOME)
+        self.start_floor()
         return self
+
+    def start_floor(self) -> None:
+        """The bare aiohttp server beside the webhook, answering mutating requests with
+        the patch PluginGuard gives for the measured pod."""
+        self.log("starting the floor server (bare aiohttp, uvloop, orjson)")
+        self.floor_port = _free_port()
+        self.floor = Component("floor-server", [
+            "taskset", "-c", SERVER_CORE, sys.executable, str(HERE / "floor_server.py"),
+            "--tls-cert", str(self.guard.directory / "webhook.crt"),
+            "--tls-key", str(self.guard.directory / "webhook.key"),
+            "--port", str(self.floor_port), "--mutation", self.mutation()],
+            directory=self.directory, detached=False)
+        self.floor.start()
+        _wait_https(f"https://127.0.0.1:{self.floor_port}/readyz", self.directory / "ca.pem")
+
+    def mutation(self) -> str:
+        """PluginGuard's answer to the measured pod at /mutate/pods: its JSON Patch."""
+        review = pod_review(self.plugin("bench-plugin", HOME), containers=3)
+        request = urllib.request.Request(
+            f"{self.guard.url}/mutate/pods", data=orjson.dumps(review),
+            headers={"Content-Type": "application/json"})
+        context = ssl.create_default_context(cafile=str(self.directory / "ca.pem"))
+        deadline = time.monotonic() + 30
+        while True:  # until the webhook's copy holds the published profile
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                answer = orjson.loads(response.read())["response"]
+            if answer.get("patch") or time.monotonic() > deadline:
+                return str(answer["patch"])
+            time.sleep(0.2)
 
     def stop(self) -> None:
         for stop in (lambda: self.floor.stop(grace=5.0), self.guard.stop, self.plane.stop):

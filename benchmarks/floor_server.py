@@ -17,11 +17,17 @@ import uvloop
 from aiohttp import web
 
 
-def make_app() -> web.Application:
+def make_app(mutation: str | None = None) -> web.Application:
+    """``mutation``, a base64 JSON Patch, is returned by ``/mutate/...`` as is: the answer
+    PluginGuard gives there, so that the API server has the same patch to apply."""
+
     async def allow(request: web.Request) -> web.Response:
         review = orjson.loads(await request.read())
+        response = {"uid": review["request"]["uid"], "allowed": True}
+        if mutation and request.path.startswith("/mutate/"):
+            response.update(patchType="JSONPatch", patch=mutation)
         answer = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-                  "response": {"uid": review["request"]["uid"], "allowed": True}}
+                  "response": response}
         return web.Response(body=orjson.dumps(answer), content_type="application/json")
 
     async def ready(_: web.Request) -> web.Response:
@@ -39,10 +45,12 @@ def main() -> int:
     parser.add_argument("--tls-key", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--mutation", metavar="BASE64",
+                        help="the JSON Patch (base64) to answer mutating requests with")
     args = parser.parse_args()
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.tls_cert, args.tls_key)
-    web.run_app(make_app(), host=args.host, port=args.port, ssl_context=context,
+    web.run_app(make_app(args.mutation), host=args.host, port=args.port, ssl_context=context,
                 access_log=None, print=None, loop=uvloop.new_event_loop())
     return 0
 
