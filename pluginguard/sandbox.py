@@ -134,9 +134,13 @@ def normalize_sandbox(
     }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Fields:
-    """One object of the sandbox, read against the defaults of its fields."""
+    """One object of the sandbox, read against the defaults of its fields.
+
+    Not frozen: verification normalises a sandbox every time, and a frozen dataclass
+    pays for its protection on every construction. Nothing changes one once read.
+    """
 
     body: dict[str, Any]
     where: str
@@ -146,11 +150,12 @@ class _Fields:
     def read(cls, raw: object, where: str, defaults: Mapping[str, Any]) -> _Fields:
         if raw is None:
             return cls({}, where, defaults)
-        if not isinstance(raw, Mapping):
+        if type(raw) is not dict and not isinstance(raw, Mapping):
             raise InputError(where, f"must be an object, not {_json_type(raw)}")
-        for key in raw:
-            if key not in defaults:
-                raise InputError(f"{where}.{key}", _unknown_field(key, defaults))
+        if not raw.keys() <= defaults.keys():
+            for key in raw:
+                if key not in defaults:
+                    raise InputError(f"{where}.{key}", _unknown_field(key, defaults))
         # The API server prunes nulls before defaulting; doing the same here keeps
         # "field: null" and an omitted field equal.
         body = {key: value for key, value in raw.items() if value is not None}
@@ -160,11 +165,14 @@ class _Fields:
         return f"{self.where}.{key}"
 
     def value(self, key: str) -> Any:
+        """The field's value, else its default. A default is shared, not copied: every
+        caller builds its result afresh (sorted lists, new dicts) and changes neither."""
         if key in self.body:
             return self.body[key]
-        if self.defaults[key] is None:
+        default = self.defaults[key]
+        if default is None:
             raise InputError(self.at(key), "is required")
-        return copy.deepcopy(self.defaults[key])
+        return default
 
     def choice(self, key: str, choices: Sequence[str]) -> str:
         value = self.value(key)
@@ -204,13 +212,18 @@ class _Fields:
             )
         return value
 
-    def strings(self, key: str) -> Iterator[tuple[str, str]]:
-        """Each entry of list ``key`` and its place; InputError for a non-string."""
+    def entry(self, key: str, index: int) -> str:
+        """Where entry ``index`` of list ``key`` is, for an error message."""
+        return f"{self.where}.{key}[{index}]"
+
+    def strings(self, key: str) -> Iterator[tuple[int, str]]:
+        """Each entry of list ``key`` and its index; InputError for a non-string."""
         for index, item in enumerate(self.items(key)):
-            place = f"{self.at(key)}[{index}]"
             if not isinstance(item, str):
-                raise InputError(place, f"must be a string, not {_json_type(item)}")
-            yield place, item
+                raise InputError(
+                    self.entry(key, index), f"must be a string, not {_json_type(item)}"
+                )
+            yield index, item
 
 
 def _seccomp(raw: object, where: str) -> dict[str, Any]:
@@ -234,10 +247,11 @@ def _seccomp(raw: object, where: str) -> dict[str, Any]:
 
 def _architectures(fields: _Fields) -> list[str]:
     found = set()
-    for place, name in fields.strings("architectures"):
+    for index, name in fields.strings("architectures"):
         if name not in ARCHITECTURES:
             raise InputError(
-                place, f"must be one of {', '.join(ARCHITECTURES)}, not {name!r}"
+                fields.entry("architectures", index),
+                f"must be one of {', '.join(ARCHITECTURES)}, not {name!r}",
             )
         found.add(name)
     if not found:
@@ -275,7 +289,8 @@ def _network(raw: object, where: str) -> dict[str, Any]:
 
 def _cidrs(fields: _Fields) -> list[str]:
     networks: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
-    for place, text in fields.strings("allowedCIDRs"):
+    for index, text in fields.strings("allowedCIDRs"):
+        place = fields.entry("allowedCIDRs", index)
         if len(text) > CIDR_MAX_LENGTH or not _CIDR.match(text):
             raise InputError(place, f"{text!r} is not a CIDR such as 10.0.0.0/8")
         try:
@@ -291,7 +306,7 @@ def _cidrs(fields: _Fields) -> list[str]:
 def _ports(fields: _Fields, key: str) -> list[dict[str, Any]]:
     found: set[tuple[int, str]] = set()
     for index, item in enumerate(fields.items(key)):
-        port = _Fields.read(item, f"{fields.at(key)}[{index}]", _PORT_DEFAULTS)
+        port = _Fields.read(item, fields.entry(key, index), _PORT_DEFAULTS)
         found.add((port.integer("port"), port.choice("protocol", PROTOCOLS)))
     return [
         {"port": number, "protocol": protocol} for number, protocol in sorted(found)
@@ -301,10 +316,10 @@ def _ports(fields: _Fields, key: str) -> list[dict[str, Any]]:
 def _filesystem(raw: object, where: str) -> dict[str, Any]:
     fields = _Fields.read(raw, where, _DEFAULTS["filesystem"])
     paths = set()
-    for place, path in fields.strings("writablePaths"):
+    for index, path in fields.strings("writablePaths"):
         if len(path) > WRITABLE_PATH_MAX_LENGTH or not _WRITABLE_PATH.match(path):
             raise InputError(
-                place,
+                fields.entry("writablePaths", index),
                 f"{path!r} must be an absolute path without '.', '..', '//' or a"
                 " trailing '/'",
             )

@@ -121,15 +121,18 @@ def validate_syscalls(
     arch_key = _arch_key(architectures)
     checked: list[str] = []
     for index, name in enumerate(names):
-        place = f"{where}[{index}]"
+        # The entry's place is spelt out only for an error: this runs on every
+        # verification of a signed sandbox.
         if not isinstance(name, str):
             raise InputError(
-                place, f"must be a syscall name, not {type(name).__name__}"
+                f"{where}[{index}]", f"must be a syscall name, not {type(name).__name__}"
             )
         if len(name) > SYSCALL_NAME_MAX_LENGTH or not _SYSCALL_NAME.match(name):
-            raise InputError(place, f"{name!r} is not shaped like a syscall name")
+            raise InputError(
+                f"{where}[{index}]", f"{name!r} is not shaped like a syscall name"
+            )
         if not _known(name, arch_key):
-            raise InputError(place, _unknown_message(name, arch_key))
+            raise InputError(f"{where}[{index}]", _unknown_message(name, arch_key))
         checked.append(name)
     return checked
 
