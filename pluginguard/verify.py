@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -72,15 +72,17 @@ def verify_plugin(
             digest=plugin.digest,
         )
     names = tuple(p.name for p in matching)
-    verdicts = [replace(verify_under(plugin, p, at=at), policies=names) for p in matching]
+    verdicts = [verify_under(plugin, p, at=at, policies=names) for p in matching]
     failed = [v for v in verdicts if not v.verified]
     if failed:
         return max(failed, key=lambda v: v.enforcement.strictness)
     return verdicts[0]
 
 
-def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime) -> Verdict:
-    """The verdict of one policy on one plugin."""
+def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime,
+                 policies: tuple[str, ...] = ()) -> Verdict:
+    """The verdict of one policy on one plugin; ``policies`` names every policy that
+    applied, for the verdict to record."""
     facts: dict[str, Any] = {}
     try:
         if policy.problem:
@@ -99,11 +101,13 @@ def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime) -> Verdic
             policy=policy.name,
             enforcement=policy.enforcement,
             digest=plugin.digest,
+            policies=policies,
         )
     if signer is None:
         return Verdict(True, Reason.VERIFIED,
                        f"policy {policy.name} does not require a signature",
-                       policy=policy.name, enforcement=policy.enforcement, digest=plugin.digest)
+                       policy=policy.name, enforcement=policy.enforcement, digest=plugin.digest,
+                       policies=policies)
     return Verdict(
         True,
         Reason.VERIFIED,
@@ -115,6 +119,7 @@ def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime) -> Verdic
         enforcement=policy.enforcement,
         digest=plugin.digest,
         signer_expires=signer.expires,
+        policies=policies,
     )
 
 
@@ -276,19 +281,37 @@ def _check_sandbox(cluster: Mapping[str, Any], signed: Any) -> None:
         raise Refused(Reason.SANDBOX_MISMATCH, f"{difference}: the plugin's sandbox differs from the signed one")
 
 
-def _same_json(signed: Any, normal: dict[str, Any]) -> bool:
-    """Whether ``signed`` is, as JSON text, exactly the normalised sandbox ``normal``.
+def _same_json(signed: Any, normal: Any) -> bool:
+    """Whether ``signed`` is, as JSON, exactly the normalised sandbox ``normal``.
 
     Signers sign the normalised sandbox, so this is the usual case, and it proves the
     two equal without normalising and canonicalising both. The test is stricter than
     RFC 8785 (true is not 1, 1.0 is not 1); anything else takes the full comparison.
     """
-    if not isinstance(signed, Mapping):
+    # Python's == already tells strings, lists and objects apart; it only confuses
+    # numbers with each other and with booleans, which _same_types then rules out.
+    return bool(signed == normal) and _same_types(signed, normal)
+
+
+def _same_types(signed: Any, normal: Any) -> bool:
+    """Whether every value of ``signed`` has the JSON type of its peer in ``normal``;
+    the two must already be equal as Python values."""
+    kind = type(normal)
+    if kind is str:
+        return True  # a value equal to a str is a str
+    if type(signed) is not kind:
         return False
-    try:
-        return json.dumps(signed, sort_keys=True) == json.dumps(normal, sort_keys=True)
-    except (TypeError, ValueError, RecursionError):
-        return False
+    # Loops rather than all(...): this runs on every verification, and a generator
+    # per list costs more here than the comparisons themselves.
+    if kind is dict:
+        for key, value in normal.items():
+            if type(value) is not str and not _same_types(signed[key], value):
+                return False
+    elif kind is list:
+        for other, value in zip(signed, normal):
+            if type(value) is not str and not _same_types(other, value):
+                return False
+    return True
 
 
 def canonical(value: Any) -> bytes:
