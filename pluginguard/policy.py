@@ -279,8 +279,13 @@ def _enum(spec: Mapping[str, Any], key: str, kind: Any, default: Any, where: str
     return kind(value)
 
 
+_EVERY_ALGORITHM = frozenset(keys.ALGORITHMS)
+
+
 def _algorithms(spec: Mapping[str, Any], where: str) -> frozenset[str]:
-    names = optional(spec, "allowedAlgorithms", list, list(keys.ALGORITHMS), where=where)
+    names = optional(spec, "allowedAlgorithms", list, None, where=where)
+    if names is None:
+        return _EVERY_ALGORITHM
     for index, name in enumerate(names):
         if name not in keys.ALGORITHMS:
             raise InputError(
@@ -311,6 +316,8 @@ def _selector(spec: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     """``spec.namespaceSelector``, checked here so that matching it later cannot fail."""
     place = "spec.namespaceSelector"
     selector = optional(spec, "namespaceSelector", dict, {}, where=where)
+    if not selector:
+        return selector  # every namespace, as an empty selector means in Kubernetes
     unknown = sorted(set(selector) - {"matchLabels", "matchExpressions"})
     if unknown:
         # A misspelt key would otherwise leave an empty selector: every namespace.
@@ -335,8 +342,13 @@ def _selector(spec: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     return selector
 
 
+_DEFAULT_TIMEOUT = timedelta(seconds=2)
+
+
 def _duration(spec: Mapping[str, Any], where: str) -> timedelta:
-    text = optional(spec, "verificationTimeout", str, "2s", where=where)
+    text = optional(spec, "verificationTimeout", str, None, where=where)
+    if text is None:
+        return _DEFAULT_TIMEOUT
     match = _DURATION.match(text)
     if not match:
         raise InputError(where, f"spec.verificationTimeout {text!r} is not a duration like 500ms, 2s or 1m")
