@@ -26,6 +26,13 @@ PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey | ec.EllipticCurvePri
 # mainstream tool has generated 65537 for decades.
 _MIN_RSA_EXPONENT = 65537
 _EC_HASH = {"secp256r1": hashes.SHA256, "secp384r1": hashes.SHA384}
+# The verification schemes, built once: these objects only name an algorithm and hold
+# no state, so every verification may share them.
+_PKCS1V15 = padding.PKCS1v15()
+_SHA256 = hashes.SHA256()
+_PREHASHED_SHA256 = Prehashed(_SHA256)
+_ECDSA = {curve: ec.ECDSA(digest()) for curve, digest in _EC_HASH.items()}
+_ECDSA_PREHASHED = ec.ECDSA(_PREHASHED_SHA256)
 
 
 class UnsupportedKey(ValueError):
@@ -123,13 +130,13 @@ def verify_signature(
     """
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            algorithm = Prehashed(hashes.SHA256()) if prehashed else hashes.SHA256()
-            key.verify(signature, message, padding.PKCS1v15(), algorithm)
+            algorithm = _PREHASHED_SHA256 if prehashed else _SHA256
+            key.verify(signature, message, _PKCS1V15, algorithm)
         elif isinstance(key, ec.EllipticCurvePublicKey):
-            digest: hashes.HashAlgorithm = _EC_HASH[key.curve.name]()
+            scheme = _ECDSA[key.curve.name]  # KeyError: a curve we never verify on
             if prehashed:
-                digest = Prehashed(hashes.SHA256())
-            key.verify(signature, message, ec.ECDSA(digest))
+                scheme = _ECDSA_PREHASHED
+            key.verify(signature, message, scheme)
         elif isinstance(key, ed25519.Ed25519PublicKey):
             key.verify(signature, message)
         else:
