@@ -8,6 +8,7 @@ alternative name, and the extended key usage we require is code signing, not TLS
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -69,6 +70,8 @@ def validate(
 
 def _check_validity(certificates: Sequence[x509.Certificate], at: datetime) -> None:
     for position, certificate in enumerate(certificates):
+        if certificate.not_valid_before_utc <= at <= certificate.not_valid_after_utc:
+            continue  # valid; naming it is left to the refusals below
         role = "leaf" if position == 0 else f"intermediate {position}"
         name = certificate.subject.rfc4514_string()
         if at > certificate.not_valid_after_utc:
@@ -86,18 +89,17 @@ def _check_validity(certificates: Sequence[x509.Certificate], at: datetime) -> N
 
 
 def _check_code_signing(leaf: x509.Certificate) -> None:
-    name = leaf.subject.rfc4514_string()
     try:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         raise ChainRefused(
             Reason.KEY_USAGE_INVALID,
-            f"certificate chain: leaf {name} has no extended key usage; the policy requires codeSigning",
+            f"certificate chain: leaf {leaf.subject.rfc4514_string()} has no extended key usage; the policy requires codeSigning",
         ) from None
     if not any(usage in usages for usage in _CODE_SIGNING_USAGES):
         raise ChainRefused(
             Reason.KEY_USAGE_INVALID,
-            f"certificate chain: leaf {name} is not a code-signing certificate "
+            f"certificate chain: leaf {leaf.subject.rfc4514_string()} is not a code-signing certificate "
             f"(extended key usage {', '.join(u._name for u in usages)})",
         )
     try:
@@ -107,7 +109,7 @@ def _check_code_signing(leaf: x509.Certificate) -> None:
     if not usage.digital_signature:
         raise ChainRefused(
             Reason.KEY_USAGE_INVALID,
-            f"certificate chain: leaf {name} key usage does not include digitalSignature",
+            f"certificate chain: leaf {leaf.subject.rfc4514_string()} key usage does not include digitalSignature",
         )
 
 
@@ -136,12 +138,16 @@ def _build_path(
     )
 
 
-def _verifier(policy: TrustPolicy, at: datetime, depth: int):  # type: ignore[no-untyped-def]
-    def code_signing_or_absent(_policy: object, _cert: object, usages: x509.ExtendedKeyUsage | None) -> None:
-        if usages is not None and not any(u in usages for u in _CODE_SIGNING_USAGES):
-            raise ValueError("extended key usage does not allow code signing")
+def _code_signing_or_absent(_policy: object, _cert: object,
+                            usages: x509.ExtendedKeyUsage | None) -> None:
+    if usages is not None and not any(u in usages for u in _CODE_SIGNING_USAGES):
+        raise ValueError("extended key usage does not allow code signing")
 
-    eku_check = code_signing_or_absent if policy.require_code_signing_eku else None
+
+@functools.cache
+def _extension_policies(require_code_signing_eku: bool) -> tuple[ExtensionPolicy, ExtensionPolicy]:
+    """The CA and end-entity extension policies; built once each, as they never change."""
+    eku_check = _code_signing_or_absent if require_code_signing_eku else None
     ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
         x509.ExtendedKeyUsage, Criticality.AGNOSTIC, eku_check
     )
@@ -150,6 +156,11 @@ def _verifier(policy: TrustPolicy, at: datetime, depth: int):  # type: ignore[no
         .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, eku_check)
         .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
     )
+    return ca_policy, ee_policy
+
+
+def _verifier(policy: TrustPolicy, at: datetime, depth: int):  # type: ignore[no-untyped-def]
+    ca_policy, ee_policy = _extension_policies(policy.require_code_signing_eku)
     return (
         PolicyBuilder()
         .store(Store(list(policy.trusted_roots)))

@@ -160,15 +160,21 @@ def _certificate_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, 
                         at: datetime, facts: dict[str, Any]) -> _Signer:
     leaf = parsed.certificates[0]
     facts["signer"] = keys.describe_certificate(leaf)
-    facts["chain"] = keys.describe_chain(parsed.certificates)
     key = leaf.public_key()
-    algorithm = _allowed_algorithm(key, policy, facts)
-    if keys.fingerprint(key) in policy.revoked_keys:  # type: ignore[arg-type]
-        raise Refused(Reason.KEY_REVOKED, f"the key of {facts['signer']} is revoked by the policy")
     try:
-        validated = chain.validate(parsed.certificates, policy, at=at)
-    except chain.ChainRefused as refusal:
-        raise Refused(refusal.reason, str(refusal)) from refusal
+        algorithm = _allowed_algorithm(key, policy, facts)
+        if keys.fingerprint(key) in policy.revoked_keys:  # type: ignore[arg-type]
+            raise Refused(Reason.KEY_REVOKED,
+                          f"the key of {facts['signer']} is revoked by the policy")
+        try:
+            validated = chain.validate(parsed.certificates, policy, at=at)
+        except chain.ChainRefused as refusal:
+            raise Refused(refusal.reason, str(refusal)) from refusal
+    except Refused:
+        # A refusal names the chain as presented. Naming certificates costs more than
+        # checking them, so a chain that validates is named once, as validated.
+        facts["chain"] = keys.describe_chain(parsed.certificates)
+        raise
     facts["chain"] = keys.describe_chain(validated.certificates)
     bad = [i for i, entry in enumerate(parsed.signatures)
            if not keys.verify_signature(key, entry.sig, parsed.message, prehashed=parsed.prehashed)]  # type: ignore[arg-type]
