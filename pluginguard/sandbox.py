@@ -167,8 +167,9 @@ class _Fields:
     def value(self, key: str) -> Any:
         """The field's value, else its default. A default is shared, not copied: every
         caller builds its result afresh (sorted lists, new dicts) and changes neither."""
-        if key in self.body:
-            return self.body[key]
+        value = self.body.get(key)  # the body holds no nulls: None means absent
+        if value is not None:
+            return value
         default = self.defaults[key]
         if default is None:
             raise InputError(self.at(key), "is required")
