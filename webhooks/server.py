@@ -170,6 +170,21 @@ class Metrics:
         self.errors = Counter("pluginguard_admission_errors_total",
                               "Requests that could not be decided normally", ["kind"],
                               registry=self.registry)
+        # Children bound on first use and kept: labels() costs a lock and a lookup per
+        # call, more than the increment itself. A series still appears only once used.
+        self._decided: dict[tuple[str, bool, str], tuple[Any, Any]] = {}
+
+    def decided(self, kind: str, decision: Decision, seconds: float) -> None:
+        """Count a decision on endpoint ``kind`` and observe how long it took."""
+        key = (kind, decision.allowed, decision.reason)
+        children = self._decided.get(key)
+        if children is None:
+            verdict = "allowed" if decision.allowed else "denied"
+            children = (self.requests.labels(kind, verdict, decision.reason or "none"),
+                        self.latency.labels(kind))
+            self._decided[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
@@ -205,9 +220,7 @@ def make_app(cluster: WebhookCluster, *, events: EventRecorder | None = None,
                 return web.json_response({"error": "internal error"}, status=400)
             decision = Decision(False, f"PluginGuard internal error, denying: {error}",
                                 reason="InternalError")
-        metrics.requests.labels(kind, "allowed" if decision.allowed else "denied",
-                                decision.reason or "none").inc()
-        metrics.latency.labels(kind).observe(time.perf_counter() - started)
+        metrics.decided(kind, decision, time.perf_counter() - started)
         _record(decision, body["request"], kind, events, audit=audit, alerts=alerts)
         return web.Response(body=orjson.dumps(decision.response(uid)),
                             content_type="application/json")
@@ -261,6 +274,8 @@ def _record(decision: Decision, request: Mapping[str, Any], kind: str,
             alerts: Notifier | None = None) -> None:
     """One log line per decision; an Event on the Plugin for refusals and audited pods;
     an audit record (and, for refusals, an alert) about Plugins and plugin pods."""
+    if decision.allowed and not decision.audit and audit is None:
+        return  # the usual case: nothing to log, audit, alert on or report
     # Any field may be of any type here: the request was decided, maybe as malformed.
     resource = request.get("kind")
     resource_kind = resource.get("kind") if isinstance(resource, Mapping) else resource
