@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -220,13 +220,35 @@ def _image_violations(spec: Mapping[str, Any], plugin: Mapping[str, Any]) -> Ite
     digest, repository = artifact.get("digest", ""), artifact.get("image")
     wanted = _normal_repository(repository) if repository else None
     for label, image in _images(spec):
-        repo, _, pinned = _split_reference(image)
-        if pinned is None:
-            yield f'{label}: image "{image}" must be pinned by digest ({repository or repo}@{digest})'
-        elif pinned != digest:
-            yield f'{label}: image "{image}" is not the signed artifact {digest}'
-        elif wanted is not None and _normal_repository(repo) != wanted:
-            yield f'{label}: image "{image}" is not from the Plugin\'s repository {repository}'
+        key = (image, digest, repository)
+        try:
+            problem = _IMAGE_PROBLEMS[key]
+        except (KeyError, TypeError):  # TypeError: a field of the Plugin is unhashable
+            problem = _image_problem(image, digest, repository, wanted)
+            if len(_IMAGE_PROBLEMS) < _REMEMBERED_IMAGES and type(digest) is str \
+                    and (repository is None or type(repository) is str):
+                _IMAGE_PROBLEMS[key] = problem
+        if problem is not None:
+            yield f"{label}: {problem}"
+
+
+# What _image_problem said about each image, digest and repository seen: a plugin's pods
+# name the same few images on every request. Bounded; past the bound, judged afresh.
+_IMAGE_PROBLEMS: dict[tuple[str, Any, Any], str | None] = {}
+_REMEMBERED_IMAGES = 4096
+
+
+def _image_problem(image: str, digest: Any, repository: Any, wanted: str | None) -> str | None:
+    """Why ``image`` is not the artifact ``digest`` (from ``repository``, whose normal
+    form is ``wanted``), or None when it is."""
+    repo, _, pinned = _split_reference(image)
+    if pinned is None:
+        return f'image "{image}" must be pinned by digest ({repository or repo}@{digest})'
+    if pinned != digest:
+        return f'image "{image}" is not the signed artifact {digest}'
+    if wanted is not None and _normal_repository(repo) != wanted:
+        return f'image "{image}" is not from the Plugin\'s repository {repository}'
+    return None
 
 
 def _images(spec: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
@@ -381,13 +403,14 @@ def review(body: Any, cluster: Cluster, *, kind: str,
     request = body.get("request")
     if not isinstance(request, Mapping) or not isinstance(request.get("uid"), str):
         raise InputError("request", "an AdmissionReview request with a uid is required")
-    handlers: dict[str, Callable[..., Decision]] = {
-        "plugins": lambda: review_plugin(request, cluster),
-        "pods": lambda: review_pod(request, cluster, own_namespace=own_namespace),
-        "mutate-pods": lambda: mutate_pod(request, cluster),
-    }
     try:
-        return request["uid"], handlers[kind]()
+        if kind == "pods":
+            return request["uid"], review_pod(request, cluster, own_namespace=own_namespace)
+        if kind == "mutate-pods":
+            return request["uid"], mutate_pod(request, cluster)
+        if kind == "plugins":
+            return request["uid"], review_plugin(request, cluster)
+        raise KeyError(kind)
     except (InputError, TypeError, AttributeError, KeyError, ValueError) as error:
         # Fail closed, with a message: a malformed object is never waved through.
         log.warning("cannot decide %s: %s", kind, error)
