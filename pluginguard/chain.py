@@ -145,7 +145,9 @@ def _code_signing_or_absent(_policy: object, _cert: object,
 
 
 @functools.cache
-def _extension_policies(require_code_signing_eku: bool) -> tuple[ExtensionPolicy, ExtensionPolicy]:
+def _extension_policies(
+    require_code_signing_eku: bool,
+) -> tuple[ExtensionPolicy, ExtensionPolicy]:
     """The CA and end-entity extension policies; built once each, as they never change."""
     eku_check = _code_signing_or_absent if require_code_signing_eku else None
     ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
