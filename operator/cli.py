@@ -27,6 +27,11 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--peering-lifetime", type=int, default=60, metavar="SECONDS",
                      help="how long a silent replica counts as alive")
     run.add_argument("--liveness", metavar="URL", help="e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("--profile-delivery", choices=["node-agent", "security-profiles-operator"],
+                     default="node-agent",
+                     help="how seccomp profiles reach the nodes: PluginGuard's node agent "
+                          "(profile ConfigMaps), or the Security Profiles Operator "
+                          "(its cluster-scoped SeccompProfile objects, v0.9 or later)")
     run.add_argument("--log-format", choices=["text", "json"], default="json")
     audit.add_arguments(run)
     alerts.add_arguments(run)
@@ -53,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_format, verbose=args.verbose)
     handlers.PEERING_LIFETIME = args.peering_lifetime
+    handlers.PROFILE_DELIVERY = args.profile_delivery
     handlers.AUDIT = audit.from_arguments(args, component="operator")
     handlers.ALERTS = alerts.from_arguments(args)
     priority = args.priority if args.priority is not None else secrets.randbelow(2**31 - 1) + 1

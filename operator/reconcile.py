@@ -2,7 +2,8 @@
 webhook need, and say what happened.
 
 ``desired_state`` is pure: from a Plugin object and the trust policies it computes the
-profile ConfigMap, the NetworkPolicy, the status and the events. ``Reconciler`` applies
+profile ConfigMap (or, when the Security Profiles Operator delivers profiles, its
+SeccompProfile), the NetworkPolicy, the status and the events. ``Reconciler`` applies
 that with server-side apply, so a repeated or interrupted reconcile converges to the same
 objects without duplicates.
 """
@@ -10,7 +11,7 @@ objects without duplicates.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,11 +26,17 @@ from pluginguard.names import (
     PLUGIN_LABEL,
     PROFILE_LABEL,
     PROFILE_SHA_ANNOTATION,
+    SPO_DELIVERY,
+    SPO_GROUP,
+    SPO_VERSION,
     profile_config_map,
     profile_path,
+    spo_profile_name,
+    spo_profile_path,
 )
 from pluginguard.policy import TrustPolicy
 from pluginguard.sandbox import limits, network_policy, normalize_sandbox, seccomp_profile
+from pluginguard.spo import installation, seccomp_profile_object
 from pluginguard.verdict import Reason, Verdict
 from pluginguard.verify import verify_plugin
 from pluginguard.operator.cluster import VERSION, ClusterState
@@ -39,6 +46,11 @@ log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "pluginguard-operator"
 EXPIRY_WARNING = timedelta(days=14)
+# How profiles reach the nodes: PluginGuard's node agent reads the profile ConfigMaps;
+# the Security Profiles Operator reads its own SeccompProfile objects.
+NODE_AGENT = "node-agent"
+SECURITY_PROFILES_OPERATOR = SPO_DELIVERY
+DELIVERIES = (NODE_AGENT, SECURITY_PROFILES_OPERATOR)
 
 
 @dataclass
@@ -47,12 +59,21 @@ class DesiredState:
     config_map: dict[str, Any] | None
     network_policy: dict[str, Any] | None
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    seccomp_profile: dict[str, Any] | None = None  # the Security Profiles Operator's
 
 
 def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
                   namespace_labels: Mapping[str, str], problems: Sequence[str] = (),
+                  delivery: str = NODE_AGENT, delivered: Mapping[str, Any] | None = None,
                   at: datetime | None = None) -> DesiredState:
-    """What the cluster should hold for Plugin ``obj``; see the module docstring."""
+    """What the cluster should hold for Plugin ``obj``; see the module docstring.
+
+    Under ``delivery=SECURITY_PROFILES_OPERATOR``, ``delivered`` is the Plugin's
+    SeccompProfile as the API server holds it (None before there is one): its profile
+    is ready once that project reports it installed on every node.
+    """
+    if delivery not in DELIVERIES:
+        raise ValueError(f"delivery must be one of {', '.join(DELIVERIES)}, not {delivery!r}")
     at = at or datetime.now(UTC)
     metadata = obj["metadata"]
     namespace, name = metadata.get("namespace", "default"), metadata["name"]
@@ -83,8 +104,13 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
         profile, ceiling, profile_error = None, None, str(error)
 
     # 3. Objects the plugin owns.
-    config_map = policy = None
-    if profile is not None:
+    config_map = policy = spo_object = None
+    if profile is not None and delivery == SECURITY_PROFILES_OPERATOR:
+        try:
+            spo_object = seccomp_profile_object(profile, namespace=namespace, name=name)
+        except InputError as error:
+            profile, ceiling, profile_error = None, None, str(error)
+    if profile is not None and delivery == NODE_AGENT:
         config_map = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {
@@ -95,6 +121,7 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
             },
             "data": {"profile.json": profile.json_bytes.decode()},
         }
+    if profile is not None:
         policy = network_policy(sandbox, namespace=namespace, name=f"pluginguard-{name}",
                                 pod_selector={PLUGIN_LABEL: name})
         policy.setdefault("metadata", {})["ownerReferences"] = [owner]
@@ -102,18 +129,34 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
 
     # 4. Status and events.
     status = _status(verdict, generation=generation, at=at, previous=previous)
+    pending = None  # why the profile is not on the nodes yet, where PluginGuard can tell
     if profile is not None and ceiling is not None:
-        status["seccomp"] = {
-            "localhostProfile": profile_path(namespace, name),
-            "sha256": profile.sha256,
-            "configMap": profile_config_map(name),
-        }
+        if delivery == NODE_AGENT:
+            status["seccomp"] = {
+                "localhostProfile": profile_path(namespace, name),
+                "sha256": profile.sha256,
+                "configMap": profile_config_map(name),
+            }
+        else:
+            installed, state = installation(delivered)
+            path = spo_profile_path(namespace, name)
+            status["seccomp"] = {
+                "localhostProfile": path,
+                "sha256": profile.sha256,
+                "seccompProfile": spo_profile_name(namespace, name),
+                "delivery": SECURITY_PROFILES_OPERATOR,
+                "installed": installed,
+            }
+            if not installed:
+                pending = (f"waiting for the Security Profiles Operator to install {path} on "
+                           f"every node (SeccompProfile {spo_profile_name(namespace, name)}: {state})")
         status["limits"] = ceiling.status()
-    status["conditions"] = _conditions(verdict, profile_error, generation, at, previous)
+    status["conditions"] = _conditions(verdict, profile_error, generation, at, previous,
+                                       pending=pending)
     events = _events(verdict, profile, profile_error, previous, generation, at)
     sequence = int(previous.get("outcomeSequence") or 0)
     status["outcomeSequence"] = sequence + 1 if events else sequence
-    return DesiredState(status, config_map, policy, events)
+    return DesiredState(status, config_map, policy, events, seccomp_profile=spo_object)
 
 
 def _status(verdict: Verdict, *, generation: int | None, at: datetime,
@@ -132,17 +175,22 @@ def _status(verdict: Verdict, *, generation: int | None, at: datetime,
 
 
 def _conditions(verdict: Verdict, profile_error: str | None, generation: int | None,
-                at: datetime, previous: Mapping[str, Any]) -> list[dict[str, Any]]:
-    ready = verdict.verified and profile_error is None
+                at: datetime, previous: Mapping[str, Any], *,
+                pending: str | None = None) -> list[dict[str, Any]]:
+    if profile_error:
+        profile = (False, "SeccompProfileInvalid", profile_error)
+    elif pending:
+        profile = (False, "ProfileNotInstalled", pending)
+    else:
+        profile = (True, "SeccompProfileGenerated", "seccomp profile and limits generated")
+    ready = verdict.verified and profile[0]
     wanted = [
         ("Verified", verdict.verified, verdict.reason.value, verdict.message),
-        ("ProfileReady", profile_error is None,
-         "SeccompProfileInvalid" if profile_error else "SeccompProfileGenerated",
-         profile_error or "seccomp profile and limits generated"),
+        ("ProfileReady", *profile),
         ("Ready", ready, "Ready" if ready else (verdict.reason.value if not verdict.verified
-                                                 else "SeccompProfileInvalid"),
+                                                 else profile[1]),
          "plugin verified and sandbox ready" if ready else (
-             verdict.message if not verdict.verified else profile_error or "")),
+             verdict.message if not verdict.verified else profile[2])),
     ]
     before = {c.get("type"): c for c in previous.get("conditions") or []}
     conditions = []
@@ -195,10 +243,20 @@ def _time(at: datetime) -> str:
 
 
 class Reconciler:
-    """Applies DesiredState to the cluster."""
+    """Applies DesiredState to the cluster.
+
+    Under the Security Profiles Operator's delivery, ``delivered(namespace, name)``
+    returns a Plugin's SeccompProfile as last seen (from a watch), or None.
+    """
 
     def __init__(self, api: client.ApiClient, state: ClusterState, events: EventRecorder, *,
-                 audit: AuditLog | None = None, alerts: Notifier | None = None) -> None:
+                 audit: AuditLog | None = None, alerts: Notifier | None = None,
+                 delivery: str = NODE_AGENT,
+                 delivered: Callable[[str, str], Mapping[str, Any] | None] | None = None) -> None:
+        if delivery not in DELIVERIES:
+            raise ValueError(f"delivery must be one of {', '.join(DELIVERIES)}, not {delivery!r}")
+        self.delivery = delivery
+        self._delivered = delivered or (lambda namespace, name: None)
         self.state = state
         self.events = events
         self.audit = audit
@@ -214,7 +272,17 @@ class Reconciler:
         namespace, name = metadata["namespace"], metadata["name"]
         policies, problems = self.state.trust_policies()
         desired = desired_state(obj, policies, problems=problems,
-                                namespace_labels=self.state.namespace_labels(namespace))
+                                namespace_labels=self.state.namespace_labels(namespace),
+                                delivery=self.delivery,
+                                delivered=self._delivered(namespace, name))
+        if desired.seccomp_profile is not None:
+            # Cluster-scoped, so no owner reference to the namespaced Plugin: the
+            # operator deletes it when the Plugin goes (see delete_seccomp_profile).
+            self._custom.patch_cluster_custom_object(
+                SPO_GROUP, SPO_VERSION, "seccompprofiles",
+                desired.seccomp_profile["metadata"]["name"], desired.seccomp_profile,
+                field_manager=FIELD_MANAGER, force=True,
+                _content_type="application/apply-patch+yaml")
         if desired.config_map is not None:
             self._core.patch_namespaced_config_map(
                 desired.config_map["metadata"]["name"], namespace, desired.config_map,
@@ -238,6 +306,19 @@ class Reconciler:
                  desired.status["message"])
         self._report(desired, f"Plugin {namespace}/{name}", str(metadata.get("uid")))
         return desired
+
+    def delete_seccomp_profile(self, namespace: str, name: str) -> bool:
+        """Delete Plugin ``namespace/name``'s SeccompProfile; False if there was none."""
+        try:
+            self._custom.delete_cluster_custom_object(
+                SPO_GROUP, SPO_VERSION, "seccompprofiles", spo_profile_name(namespace, name))
+        except client.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        log.info("plugin %s/%s is gone: deleted SeccompProfile %s", namespace, name,
+                 spo_profile_name(namespace, name))
+        return True
 
     def _report(self, desired: DesiredState, resource: str, uid: str = "") -> None:
         """An audit record when the verdict changed; alerts for refusals and for a

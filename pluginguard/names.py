@@ -14,7 +14,15 @@ PLUGIN_LABEL = f"{GROUP}/plugin"  # on pods: which Plugin they run
 ENFORCE_LABEL = f"{GROUP}/enforce"  # on namespaces: every pod must be a plugin pod
 PROFILE_LABEL = f"{GROUP}/seccomp-profile"  # on the operator's profile ConfigMaps
 PROFILE_SHA_ANNOTATION = f"{GROUP}/profile-sha256"
+PLUGIN_NAMESPACE_LABEL = f"{GROUP}/plugin-namespace"  # on cluster-scoped objects of a Plugin
 NODE_LABEL_PREFIX = f"seccomp.{GROUP}/"
+
+# The Security Profiles Operator's SeccompProfile (cluster-scoped since its v0.9), which
+# the operator writes instead of a ConfigMap when profiles are delivered by that project.
+SPO_GROUP = "security-profiles-operator.x-k8s.io"
+SPO_VERSION = "v1beta1"
+SPO_INSTALLED = "Installed"  # its status.status once every node holds the profile
+SPO_DELIVERY = "security-profiles-operator"  # status.seccomp.delivery of such Plugins
 
 
 def profile_path(namespace: str, name: str) -> str:
@@ -26,6 +34,24 @@ def profile_path(namespace: str, name: str) -> str:
 def profile_config_map(name: str) -> str:
     """The name of the ConfigMap holding Plugin ``name``'s profile."""
     return f"pluginguard-profile-{name}"
+
+
+def spo_profile_name(namespace: str, name: str) -> str:
+    """The SeccompProfile holding Plugin ``namespace/name``'s profile.
+
+    Namespaces hold no dots, so ``pluginguard.<namespace>.<name>`` names one Plugin
+    only; past the 253 characters an object name may have, a hash stands for the name.
+    """
+    full = f"pluginguard.{namespace}.{name}"
+    if len(full) <= 253:
+        return full
+    return f"pluginguard.{namespace}.{hashlib.sha256(name.encode()).hexdigest()[:40]}"
+
+
+def spo_profile_path(namespace: str, name: str) -> str:
+    """Where the Security Profiles Operator puts that profile under the kubelet's
+    seccomp root (``operator/<name>.json`` for a cluster-scoped SeccompProfile)."""
+    return f"operator/{spo_profile_name(namespace, name)}.json"
 
 
 def node_label(namespace: str, name: str) -> str:

@@ -311,6 +311,10 @@ def test_plugin_status_schema_keeps_everything_the_operator_writes() -> None:
     status = _at(_schema(PLUGIN), "status")["properties"]
     assert set(written) <= set(status)
     assert set(written["seccomp"]) <= set(status["seccomp"]["properties"])
+    delivered = desired_state(obj, [], namespace_labels={},
+                              delivery="security-profiles-operator").status
+    assert set(delivered["seccomp"]) <= set(status["seccomp"]["properties"])
+    assert delivered["seccomp"]["delivery"] in status["seccomp"]["properties"]["delivery"]["enum"]
     assert set(written["limits"]) <= set(status["limits"]["properties"])
     cgroup = status["limits"]["properties"]["cgroup"]["properties"]
     assert set(written["limits"]["cgroup"]) <= set(cgroup)

@@ -18,6 +18,7 @@ from pluginguard.manifest import parse_plugin
 from pluginguard.names import (
     ENFORCE_LABEL,
     PLUGIN_LABEL,
+    SPO_DELIVERY,
     node_label,
     node_label_value,
     profile_path,
@@ -179,6 +180,8 @@ def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
                         reason="PodViolatesSandbox", plugin=plugin, verdict=verdict)
     violations = list(_image_violations(spec, plugin))
     violations += _sandbox_violations(spec, plugin, cluster)
+    if kind == "Pod":  # a template may wait; its pods are judged when they are created
+        violations += _profile_missing(plugin)
     if violations:
         return Decision(False, f"PluginGuard: {what} breaks the sandbox of Plugin "
                                f"{namespace}/{name}: " + "; ".join(violations),
@@ -298,6 +301,18 @@ def _sandbox_violations(spec: Mapping[str, Any], plugin: dict[str, Any],
     return check_pod(spec, rules)
 
 
+def _profile_missing(plugin: Mapping[str, Any]) -> list[str]:
+    """The Security Profiles Operator installs profiles on every node at its own pace; a
+    pod started before it reports the profile installed could land on a node without it.
+    (The node agent's profiles are awaited by the node affinity the mutation adds.)"""
+    seccomp = (plugin.get("status") or {}).get("seccomp") or {}
+    if seccomp.get("delivery") == SPO_DELIVERY and seccomp.get("installed") is not True:
+        return [f"its seccomp profile {seccomp.get('localhostProfile')} is not installed on the "
+                f"nodes yet (SeccompProfile {seccomp.get('seccompProfile')}); create the pod once "
+                "the Plugin is Ready"]
+    return []
+
+
 def plugin_pod_rules(plugin: Mapping[str, Any]) -> PodRules | InputError:
     """The rules every pod of ``plugin`` must follow, or why its sandbox does not compile."""
     metadata = plugin.get("metadata") or {}
@@ -327,7 +342,9 @@ def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:
     if not sha256:
         return Decision(True, reason="ProfileNotReady")
     spec = pod.get("spec") or {}
-    patch = _affinity_patch(spec, node_label(namespace, name), node_label_value(sha256))
+    patch: list[dict[str, Any]] = []
+    if status["seccomp"].get("delivery") != SPO_DELIVERY:  # that project labels no nodes
+        patch += _affinity_patch(spec, node_label(namespace, name), node_label_value(sha256))
     patch += _seccomp_patch(spec, status["seccomp"].get("localhostProfile")
                             or profile_path(namespace, name))
     limits = (status.get("limits") or {})

@@ -57,6 +57,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
         },
         "nodeAgent": {"enabled": False},
     },
+    "security-profiles-operator": {"profileDelivery": "security-profiles-operator"},
     "pinned-image": {
         "image": {"digest": "sha256:" + "ab" * 32},
         "imagePullSecrets": [{"name": "registry"}],

@@ -347,6 +347,25 @@ def test_node_agent_writes_only_its_own_directory() -> None:
     assert _flag(container, "node-name") == ["$(NODE_NAME)"]
 
 
+def test_security_profiles_operator_delivery_replaces_the_node_agent() -> None:
+    objects = render(values=OPTIONS["security-profiles-operator"])
+    assert not find(objects, "DaemonSet")
+    assert not any(o["metadata"]["name"].endswith("node-agent") for o in objects)
+    operator = next(o for o in find(objects, "Deployment") if o["metadata"]["name"].endswith("operator"))
+    assert _flag(_container(operator), "profile-delivery") == ["security-profiles-operator"]
+    role = next(o for o in find(objects, "ClusterRole") if o["metadata"]["name"].endswith("operator"))
+    granted = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
+               for group in rule["apiGroups"] for resource in rule["resources"]}
+    assert granted[("security-profiles-operator.x-k8s.io", "seccompprofiles")] >= {
+        "list", "watch", "create", "patch", "delete"}
+    assert ("", "configmaps") not in granted  # no profile ConfigMaps to write
+
+    default = render()
+    assert _flag(_container(next(o for o in find(default, "Deployment")
+                                 if o["metadata"]["name"].endswith("operator"))),
+                 "profile-delivery") == ["node-agent"]
+
+
 def test_a_single_webhook_replica_gets_no_disruption_budget() -> None:
     objects = render(values={"webhook": {"replicas": 1}})
     assert not find(objects, "PodDisruptionBudget")

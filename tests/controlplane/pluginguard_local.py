@@ -47,11 +47,13 @@ WORKLOADS = [
 ]
 
 
-def install_crds(api: client.ApiClient, *, timeout: float = 30.0) -> list[str]:
-    """Create or replace every CRD in ``crds/``; wait until each is Established."""
+def install_crds(api: client.ApiClient, *, timeout: float = 30.0,
+                 files: Sequence[Path] | None = None) -> list[str]:
+    """Create or replace every CRD in ``files`` (default: those in ``crds/``); wait until
+    each is Established."""
     extensions = client.ApiextensionsV1Api(api)
     names = []
-    for path in sorted((REPOSITORY / "crds").glob("*.yaml")):
+    for path in files if files is not None else sorted((REPOSITORY / "crds").glob("*.yaml")):
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd:
                 continue
@@ -138,13 +140,14 @@ class LocalPluginGuard:
         self._priority += 1
         return self._priority
 
-    def start_operator(self, *, name: str = "operator", priority: int | None = None) -> Component:
+    def start_operator(self, *, name: str = "operator", priority: int | None = None,
+                       arguments: Sequence[str] = ()) -> Component:
         """One operator replica; several share the peering and only one is active."""
         ensure_peering(self.api, PEERING)
         component = self._component(name, [
             "operator", "run", "--peering", PEERING, "--peering-lifetime", "10",
             *(["--priority", str(priority)] if priority is not None else []),
-            "--log-format", "text"])
+            "--log-format", "text", *arguments])
         self.operators.append(component)
         return component
 
@@ -262,14 +265,15 @@ class LocalPluginGuard:
         component.start()
         return component
 
-    def install_rbac(self) -> list[dict[str, Any]]:
+    def install_rbac(self, values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Apply the chart's ServiceAccounts, roles and bindings, rendered for release
-        "pluginguard" with this instance's trust material; return what was applied."""
+        "pluginguard" with this instance's trust material and ``values``; return what was
+        applied."""
         ensure_namespace(self.api, SYSTEM_NAMESPACE)
         for entry in self.trust_material:
             ensure_namespace(self.api, entry["namespace"])
         objects = render(release=RELEASE, namespace=SYSTEM_NAMESPACE,
-                         values={"trustMaterial": self.trust_material})
+                         values={**(values or {}), "trustMaterial": self.trust_material})
         return apply(self.api, [o for o in objects if o["kind"] in RBAC_KINDS])
 
     def credentials(self, entry_point: str) -> Path:

@@ -414,3 +414,52 @@ def test_a_plugin_pod_cannot_be_relabelled_out_of_its_plugin() -> None:
     body["request"].update(operation="UPDATE", oldObject=old)
     _, decision = review(body, cluster, kind="pods")
     assert not decision.allowed and decision.reason == "PluginLabelChanged"
+
+
+def spo_plugin(cluster: FakeCluster, *, installed: bool) -> dict[str, Any]:
+    """A Plugin whose profile the Security Profiles Operator delivers."""
+    document = cluster.add(signed_plugin())
+    document["status"] = {"seccomp": {"sha256": "f" * 64,
+                                      "localhostProfile": "operator/pluginguard.hkp.ratelimit.json",
+                                      "seccompProfile": "pluginguard.hkp.ratelimit",
+                                      "delivery": "security-profiles-operator",
+                                      "installed": installed},
+                          "limits": {"memory": "256Mi", "cpu": "500m"}}
+    return document
+
+
+def spo_pod() -> dict[str, Any]:
+    pod = good_pod()
+    pod["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"] = \
+        "operator/pluginguard.hkp.ratelimit.json"
+    return pod
+
+
+def test_pods_wait_until_the_security_profiles_operator_installed_the_profile() -> None:
+    cluster = FakeCluster(trusted())
+    spo_plugin(cluster, installed=False)
+    refused = decide(cluster, spo_pod())
+    assert not refused.allowed and refused.reason == "PodViolatesSandbox"
+    assert "operator/pluginguard.hkp.ratelimit.json is not installed on the nodes" in refused.message
+    # A workload may be applied meanwhile: its pods are judged when they are created.
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment",
+                  "metadata": {"name": "rl", "namespace": "hkp"},
+                  "spec": {"template": {k: v for k, v in spo_pod().items() if k in ("metadata", "spec")}}}
+    assert decide(cluster, deployment, kind="Deployment").allowed
+
+    cluster = FakeCluster(trusted())
+    spo_plugin(cluster, installed=True)
+    assert decide(cluster, spo_pod()).allowed
+    assert not decide(cluster, good_pod()).allowed  # PluginGuard's own path is not the profile
+
+
+def test_mutation_for_the_security_profiles_operator_adds_no_node_affinity() -> None:
+    cluster = FakeCluster(trusted())
+    spo_plugin(cluster, installed=True)
+    pod = good_pod()
+    del pod["spec"]["containers"][0]["securityContext"]["seccompProfile"]
+    mutated = apply_patch(pod, decide(cluster, pod, "mutate-pods").patch or [])
+    assert "affinity" not in mutated["spec"]  # that project labels no nodes
+    assert mutated["spec"]["securityContext"]["seccompProfile"] == {
+        "type": "Localhost", "localhostProfile": "operator/pluginguard.hkp.ratelimit.json"}
+    assert decide(cluster, mutated).allowed
