@@ -912,7 +912,7 @@ def down(directory: str | os.PathLike[str], *, grace: float = 10.0) -> bool:
     for name in (APISERVER, ETCD):
         pid = _live_pid(directory, name)
         if pid is not None:
-            _stop_detached(name, pid, grace)
+            stop_detached(name, pid, grace)
             stopped = True
         (directory / f"{name}.pid").unlink(missing_ok=True)
     return stopped
@@ -956,7 +956,10 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
-def _stop_detached(name: str, pid: int, grace: float) -> None:
+def stop_detached(name: str, pid: int, grace: float) -> None:
+    """Stop process group ``pid``: SIGTERM, and SIGKILL after ``grace`` seconds.
+
+    Raises ControlPlaneError if it survives even that."""
     _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while _alive(pid) and time.monotonic() < deadline:
