@@ -769,7 +769,7 @@ def check_pod(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
     ``container "app": seccompProfile must be Localhost "pluginguard/ns/name.json"``.
     Init, regular and ephemeral containers are checked alike, except that ephemeral
     containers cannot declare resources and are bounded by the pod's cgroup instead.
-    A container's securityContext overrides the pod's seccompProfile.
+    A container's securityContext overrides the pod's seccompProfile and runAsNonRoot.
     """
     volumes = {
         str(volume.get("name")): volume for volume in _objects(pod_spec.get("volumes"))
@@ -790,12 +790,11 @@ def check_pod(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
         violations.append("pod: shareProcessNamespace must not be true")
     if pod_context.get("sysctls"):
         violations.append("pod: securityContext.sysctls must not be set")
-    pod_seccomp = _object(pod_context.get("seccompProfile"))
     for key, label in _CONTAINER_KINDS:
         for container in _objects(pod_spec.get(key)):
             subject = f'{label} "{container.get("name", "")}"'
             problems = _container_violations(
-                container, key, pod_seccomp, volumes, rules
+                container, key, pod_context, volumes, rules
             )
             violations += [f"{subject}: {problem}" for problem in problems]
     violations += _pod_total_violations(pod_spec, rules)
@@ -805,14 +804,20 @@ def check_pod(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
 def _container_violations(
     container: Mapping[str, Any],
     kind: str,
-    pod_seccomp: Mapping[str, Any],
+    pod_context: Mapping[str, Any],
     volumes: Mapping[str, Mapping[str, Any]],
     rules: PodRules,
 ) -> list[str]:
     context = _object(container.get("securityContext"))
     problems = _seccomp_violations(
-        _object(context.get("seccompProfile")) or pod_seccomp, rules
+        _object(context.get("seccompProfile"))
+        or _object(pod_context.get("seccompProfile")),
+        rules,
     )
+    # An image's default user is often root; only runAsNonRoot makes the kubelet
+    # refuse to start it as root. The container's setting overrides the pod's.
+    if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+        problems.append("securityContext.runAsNonRoot must be true (here or in the pod)")
     if context.get("privileged") is True:
         problems.append("must not be privileged")
     problems += _privilege_violations(context, "securityContext")

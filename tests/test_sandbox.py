@@ -828,6 +828,7 @@ def _container(name: str = "app") -> dict[str, Any]:
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
         },
         "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
         "volumeMounts": [
@@ -891,6 +892,13 @@ def test_container_level_seccomp_profile_also_complies() -> None:
     assert check_pod(pod, _rules()) == []
 
 
+def test_run_as_non_root_may_be_set_once_for_the_whole_pod() -> None:
+    pod = _pod()
+    del _app_context(pod)["runAsNonRoot"]
+    pod["securityContext"]["runAsNonRoot"] = True
+    assert check_pod(pod, _rules()) == []
+
+
 def _with(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     pod = _pod()
     change(pod)
@@ -940,6 +948,17 @@ def _app_context(pod: dict[str, Any]) -> dict[str, Any]:
         (
             lambda p: _app_context(p).pop("readOnlyRootFilesystem"),
             'container "app": securityContext.readOnlyRootFilesystem must be true',
+        ),
+        (
+            lambda p: _app_context(p).pop("runAsNonRoot"),
+            'container "app": securityContext.runAsNonRoot must be true (here or in the pod)',
+        ),
+        (
+            lambda p: (
+                p["securityContext"].update(runAsNonRoot=True),
+                _app_context(p).update(runAsNonRoot=False),
+            ),
+            'container "app": securityContext.runAsNonRoot must be true (here or in the pod)',
         ),
         (lambda p: p.update(hostNetwork=True), "pod: hostNetwork must not be true"),
         (lambda p: p.update(hostPID=True), "pod: hostPID must not be true"),

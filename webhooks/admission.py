@@ -118,7 +118,9 @@ def review_plugin(request: Mapping[str, Any], cluster: Cluster) -> Decision:
         sandbox = normalize_sandbox(plugin.sandbox)
         seccomp_profile(sandbox)
     except InputError as error:
-        return Decision(False, f"PluginGuard: {error}", reason="SeccompProfileInvalid")
+        name = (obj.get("metadata") or {}).get("name") or ""
+        return Decision(False, f"PluginGuard refused Plugin {namespace}/{name}: "
+                               f"SeccompProfileInvalid: {error}", reason="SeccompProfileInvalid")
     verdict = verify_plugin(plugin, cluster.policies(),
                             namespace_labels=cluster.namespace_labels(namespace))
     if verdict.verified:
@@ -327,7 +329,8 @@ def plugin_pod_rules(plugin: Mapping[str, Any]) -> PodRules | InputError:
 
 def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:
     """Complete a plugin pod from its Plugin: a required node affinity on nodes that hold
-    the current profile, and the seccompProfile and limits where the pod has none.
+    the current profile, and the seccompProfile, runAsNonRoot and limits where the pod
+    has none.
 
     Never refuses: the validating endpoint judges the result.
     """
@@ -345,8 +348,8 @@ def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:
     patch: list[dict[str, Any]] = []
     if status["seccomp"].get("delivery") != SPO_DELIVERY:  # that project labels no nodes
         patch += _affinity_patch(spec, node_label(namespace, name), node_label_value(sha256))
-    patch += _seccomp_patch(spec, status["seccomp"].get("localhostProfile")
-                            or profile_path(namespace, name))
+    patch += _security_context_patch(spec, status["seccomp"].get("localhostProfile")
+                                     or profile_path(namespace, name))
     limits = (status.get("limits") or {})
     patch += _limits_patch(spec, {k: limits[k] for k in ("memory", "cpu") if limits.get(k)})
     return Decision(True, reason="Mutated" if patch else "NotMutated", patch=patch or None)
@@ -381,14 +384,15 @@ def _affinity_patch(spec: Mapping[str, Any], key: str, value: str) -> list[dict[
     return patch
 
 
-def _seccomp_patch(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+def _security_context_patch(spec: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
+    """The pod's seccompProfile and runAsNonRoot, where the pod sets neither."""
+    wanted = {"seccompProfile": {"type": "Localhost", "localhostProfile": path},
+              "runAsNonRoot": True}
     context = spec.get("securityContext")
-    profile = {"type": "Localhost", "localhostProfile": path}
     if not isinstance(context, Mapping):
-        return [{"op": "add", "path": "/spec/securityContext", "value": {"seccompProfile": profile}}]
-    if "seccompProfile" not in context:
-        return [{"op": "add", "path": "/spec/securityContext/seccompProfile", "value": profile}]
-    return []
+        return [{"op": "add", "path": "/spec/securityContext", "value": wanted}]
+    return [{"op": "add", "path": f"/spec/securityContext/{key}", "value": value}
+            for key, value in wanted.items() if key not in context]
 
 
 def _limits_patch(spec: Mapping[str, Any], ceiling: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -84,6 +84,7 @@ def plugin_pod(name: str, namespace: str, plugin_name: str, **container: Any) ->
         "resources": {"limits": {"memory": "256Mi", "cpu": "500m"}},
         "securityContext": {
             "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
             "seccompProfile": {"type": "Localhost",
                                "localhostProfile": f"pluginguard/{namespace}/{plugin_name}.json"}},
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],

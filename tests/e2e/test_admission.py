@@ -78,6 +78,17 @@ def test_tampered_plugin_is_refused_at_apply_time(custom, namespace, trust_polic
     assert reason in error.body
 
 
+def test_a_plugin_whose_sandbox_does_not_compile_is_refused(custom, namespace, trust_policy) -> None:
+    # A syscall name fits the CRD's schema; only libseccomp's tables know it is none.
+    # (PluginGuard's signer refuses to sign it, so it is edited in after signing.)
+    document = signed("no-such-call", namespace)
+    document["spec"]["sandbox"]["seccomp"]["allow"] = ["frobnicate"]
+    error = refusal(lambda: create_plugin(custom, document))
+    assert error.status == 403
+    assert f"PluginGuard refused Plugin {namespace}/no-such-call: SeccompProfileInvalid" in error.body
+    assert "unknown syscall 'frobnicate'" in error.body
+
+
 def test_untrusted_key_and_expired_certificate_are_refused(custom, namespace, trust_policy, pki) -> None:
     stranger = sign_manifest(plugin("stranger", namespace=namespace), key=STRANGER)
     assert "UntrustedSigner" in refusal(lambda: create_plugin(custom, stranger)).body
@@ -114,6 +125,10 @@ def test_good_plugin_pod_is_created(core, custom, namespace, trust_policy) -> No
                           "seccompProfile": {"type": "RuntimeDefault"}}},
      "seccompProfile must be Localhost"),
     ({"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}}, "limits.memory 1Gi is above"),
+    # An image's default user may be root: the pod must say it runs as someone else.
+    ({"securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                          "runAsNonRoot": False}},
+     "runAsNonRoot must be true"),
     # The API server itself refuses privileged with allowPrivilegeEscalation false.
     ({"securityContext": {"privileged": True, "readOnlyRootFilesystem": True}},
      "must not be privileged"),

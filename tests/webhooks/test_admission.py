@@ -81,6 +81,7 @@ def good_pod(name: str = "ratelimit", **overrides: Any) -> dict[str, Any]:
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
             "seccompProfile": {
                 "type": "Localhost",
                 "localhostProfile": f"pluginguard/hkp/{name}.json",
@@ -149,6 +150,9 @@ def test_plugin_with_uncompilable_sandbox_is_refused() -> None:
     broken["spec"]["sandbox"]["seccomp"]["allow"] = ["definitely_not_a_syscall"]
     decision = decide(FakeCluster(trusted()), broken, "plugins", kind="Plugin")
     assert not decision.allowed and "definitely_not_a_syscall" in decision.message
+    assert decision.reason == "SeccompProfileInvalid"
+    assert decision.message.startswith(
+        "PluginGuard refused Plugin hkp/ratelimit: SeccompProfileInvalid: ")
 
 
 def test_good_plugin_pod_is_allowed() -> None:
@@ -324,16 +328,30 @@ def test_mutation_completes_a_bare_plugin_pod_and_the_result_validates() -> None
     pod = good_pod()
     container = pod["spec"]["containers"][0]
     del container["resources"], container["securityContext"]["seccompProfile"]
+    del container["securityContext"]["runAsNonRoot"]
     assert not decide(cluster, pod).allowed
     mutation = decide(cluster, pod, "mutate-pods")
     assert mutation.allowed and mutation.patch
     mutated = apply_patch(pod, mutation.patch)
     assert mutated["spec"]["securityContext"]["seccompProfile"]["localhostProfile"] == \
         "pluginguard/hkp/ratelimit.json"
+    assert mutated["spec"]["securityContext"]["runAsNonRoot"] is True
     assert mutated["spec"]["containers"][0]["resources"]["limits"] == {"memory": "256Mi", "cpu": "500m"}
     term = mutated["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["f" * 63]
     assert decide(cluster, mutated).allowed
+
+
+def test_mutation_keeps_a_pods_own_run_as_non_root_and_validation_refuses_false() -> None:
+    cluster = FakeCluster(trusted())
+    ready_plugin(cluster)
+    pod = good_pod()
+    del pod["spec"]["containers"][0]["securityContext"]["runAsNonRoot"]
+    pod["spec"]["securityContext"] = {"runAsNonRoot": False}
+    mutated = apply_patch(pod, decide(cluster, pod, "mutate-pods").patch or [])
+    assert mutated["spec"]["securityContext"]["runAsNonRoot"] is False
+    refused = decide(cluster, mutated)
+    assert not refused.allowed and "runAsNonRoot must be true" in refused.message
 
 
 def test_mutation_joins_every_existing_affinity_term() -> None:
