@@ -2,7 +2,8 @@
 
 The vectors are not part of this repository: they are read from
 ``../shared/testdata/wycheproof/`` beside it (CI puts a copy of ``shared/`` next to its
-clone). A missing file fails the run; it is never a reason to skip.
+clone), or from ``$PLUGINGUARD_TESTDATA/wycheproof/``. A missing file fails the run; it is
+never a reason to skip.
 
 Each vector is one test, named by file and Wycheproof test case (``ecdsa-p256-tc42``), so
 the summary line counts them. ``valid`` vectors must verify and ``invalid`` ones must
@@ -13,6 +14,7 @@ Wycheproof flag, the decision PluginGuard takes, and a flag without a decision f
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,8 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pluginguard import keys
 
+TESTDATA_ENV = "PLUGINGUARD_TESTDATA"
 WYCHEPROOF = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "wycheproof"
+    Path(os.environ.get(TESTDATA_ENV)
+         or Path(__file__).resolve().parents[1].parent / "shared" / "testdata")
+    / "wycheproof"
 )
 
 
@@ -75,7 +80,8 @@ def _document(source: Source) -> dict[str, Any]:
     if not source.path.is_file():
         pytest.fail(
             f"Wycheproof vectors not found: {source.path} is missing. The tests read them "
-            "from ../shared/testdata/wycheproof/ beside the repository; copy shared/ there.",
+            "from ../shared/testdata/wycheproof/ beside the repository; copy shared/ there, "
+            f"or set {TESTDATA_ENV} to the folder that holds wycheproof/.",
             pytrace=False,
         )
     document: dict[str, Any] = json.loads(source.path.read_text())
