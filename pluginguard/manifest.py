@@ -18,7 +18,7 @@ from pluginguard.errors import InputError
 
 GROUP = "pluginguard.dev"
 API_VERSION = f"{GROUP}/v1alpha1"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # the CRD's pattern, ^sha256:[0-9a-f]{64}$
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,56 @@ class Plugin:
         return self.digest.removeprefix("sha256:")
 
 
+class ManifestLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML keeps the last value of a repeated key without a word; kubectl and the API
+    server refuse such a manifest, and a reviewer reading the first value would be
+    misled about what is applied.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<" merges: its keys may be overridden, as YAML intends
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: construct_mapping refuses it below
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r}", key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+class ManifestDumper(yaml.SafeDumper):
+    """PyYAML's safe dumper, writing a string of several lines (a PEM text, an hkp
+    signature) as a literal block, as a person would, rather than a quoted scalar."""
+
+
+def _represent_text(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+ManifestDumper.add_representer(str, _represent_text)
+
+
+def dump_manifest(document: Mapping[str, Any]) -> str:
+    """``document`` as YAML in the order of its keys, multi-line strings as blocks."""
+    return yaml.dump(document, Dumper=ManifestDumper, sort_keys=False)
+
+
 def load_documents(path: str | Path) -> list[dict[str, Any]]:
     """Every non-empty YAML document of ``path`` ("-" reads standard input).
 
-    Raises InputError for an unreadable file, YAML that does not parse (with line and
-    column) or a document that is not a mapping.
+    Raises InputError for an unreadable file, YAML that does not parse or repeats a key
+    in a mapping (with line and column) or a document that is not a mapping.
     """
     name = str(path)
     try:
@@ -56,7 +101,7 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
 def parse_documents(text: str, *, where: str) -> list[dict[str, Any]]:
     """The non-empty documents of a YAML text; see load_documents."""
     try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        documents = [doc for doc in yaml.load_all(text, Loader=ManifestLoader) if doc is not None]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -70,31 +115,52 @@ def parse_documents(text: str, *, where: str) -> list[dict[str, Any]]:
     return documents
 
 
-def field(document: Mapping[str, Any], path: str, kind: type, *, where: str) -> Any:
-    """The value at dotted ``path``; InputError if absent or not of ``kind``."""
+# What a value must be, in the words of YAML rather than Python's type names.
+_KIND_NAMES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer",
+               bool: "a boolean (true or false)", float: "a number"}
+
+
+def field(document: Mapping[str, Any], path: str, kind: type, *, where: str,
+          prefix: str = "") -> Any:
+    """The value at dotted ``path``; InputError if absent or not of ``kind``.
+
+    ``prefix`` is the place of ``document`` itself (``spec``), for the messages.
+    """
     value: Any = document
-    for part in path.split("."):
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
         # type() first: parsed JSON and YAML are dicts, and isinstance against the
         # Mapping ABC costs more than the lookup itself.
-        if (type(value) is not dict and not isinstance(value, Mapping)) or part not in value:
-            raise InputError(where, f"{path} is required")
+        if type(value) is not dict and not isinstance(value, Mapping):
+            raise InputError(where, f"{_place(prefix, parts[:depth])} must be a mapping")
+        if part not in value:
+            raise InputError(where, f"{_place(prefix, parts[:depth + 1])} is required")
         value = value[part]
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InputError(where, f"{path} must be a {kind.__name__}")
-    return value
+    return _checked(value, kind, prefix, path, where)
 
 
-def optional(document: Mapping[str, Any], path: str, kind: type, default: Any, *, where: str) -> Any:
+def optional(document: Mapping[str, Any], path: str, kind: type, default: Any, *, where: str,
+             prefix: str = "") -> Any:
     """Like field(), but ``default`` when the path (or any parent) is absent or null."""
     value: Any = document
-    for part in path.split("."):
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
         if type(value) is not dict and not isinstance(value, Mapping):
-            return default
+            raise InputError(where, f"{_place(prefix, parts[:depth])} must be a mapping")
         value = value.get(part)
         if value is None:
             return default
+    return _checked(value, kind, prefix, path, where)
+
+
+def _place(prefix: str, parts: list[str]) -> str:
+    return ".".join([prefix, *parts] if prefix else parts) or "the document"
+
+
+def _checked(value: Any, kind: type, prefix: str, path: str, where: str) -> Any:
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise InputError(where, f"{path} must be a {kind.__name__}")
+        place = f"{prefix}.{path}" if prefix else path
+        raise InputError(where, f"{place} must be {_KIND_NAMES.get(kind, kind.__name__)}")
     return value
 
 
@@ -110,7 +176,7 @@ def parse_plugin(document: Mapping[str, Any], *, where: str) -> Plugin:
     name = field(document, "metadata.name", str, where=where)
     namespace = optional(document, "metadata.namespace", str, "default", where=where)
     digest = field(document, "spec.artifact.digest", str, where=where)
-    if not _DIGEST.fullmatch(digest):
+    if not DIGEST.fullmatch(digest):
         raise InputError(where, "spec.artifact.digest must be sha256: and 64 lowercase hex digits")
     labels = optional(document, "metadata.labels", dict, {}, where=where)
     return Plugin(
