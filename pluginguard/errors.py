@@ -28,3 +28,9 @@ class InputError(PluginGuardError):
             return self
         where = f"{outer}: {self.where}" if self.where else outer
         return InputError(where, self.problem)
+
+
+def shown(text: str, limit: int = 80) -> str:
+    """``text`` quoted for a message, cut short when it is longer than ``limit``: input
+    of any size may reach a message, and the line must stay readable."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"

@@ -6,7 +6,9 @@ a signature cannot talk a verifier into another algorithm.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
+import re
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -68,6 +70,55 @@ def fingerprint(key: PublicKey) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+# cryptography's messages for unloadable input are its parsers' (a FAQ link, a Rust debug
+# rendering of the ASN.1 error); the loaders below say instead which part is wrong,
+# from a PEM scan of their own. Only the BEGIN line is a pattern (see signature.py).
+_PEM_BEGIN = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----")
+_PUBLIC_LABELS = ("PUBLIC KEY", "RSA PUBLIC KEY", "CERTIFICATE")
+_PRIVATE_LABELS = ("PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY")
+
+
+def pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
+    """The label and decoded body of every PEM block in ``data``, text between them
+    ignored. Raises ValueError saying which block is malformed."""
+    blocks = []
+    position = 0
+    while (begin := _PEM_BEGIN.search(data, position)) is not None:
+        label = begin[1].decode()
+        end_line = f"-----END {label}-----".encode()
+        end = data.find(end_line, begin.end())
+        if end < 0:
+            raise ValueError(f"the {label} block has no -----END {label}----- line")
+        lines = data[begin.end():end].strip().splitlines()
+        if lines and b":" in lines[0]:
+            # RFC 1421 headers (Proc-Type, DEK-Info) run up to a blank line.
+            blank = next((i for i, line in enumerate(lines) if not line.strip()), len(lines))
+            lines = lines[blank:]
+        try:
+            body = binascii.a2b_base64(b"".join(b"".join(lines).split()), strict_mode=True)
+        except binascii.Error as error:
+            raise ValueError(f"the {label} block is not valid base64") from error
+        blocks.append((label, body))
+        position = end + len(end_line)
+    return blocks
+
+
+def pem_problem(data: bytes, labels: Sequence[str], *, what: str) -> str | None:
+    """What is wrong with the PEM framing of ``data``, which should hold ``what`` (a
+    block of one of ``labels``); None when the framing is sound and the problem lies
+    inside a block."""
+    try:
+        blocks = pem_blocks(data)
+    except ValueError as error:
+        return str(error)
+    if not blocks:
+        return "no PEM block (-----BEGIN ...-----) found"
+    if not any(label in labels for label, _ in blocks):
+        # The label in lower case: a message is no place for a PEM armour line.
+        return f"holds a {blocks[0][0].lower()} block, not {what}"
+    return None
+
+
 def load_public_key(pem: str | bytes, *, where: str) -> PublicKey:
     """Parse one PEM public key (or the key of a PEM certificate).
 
@@ -79,25 +130,43 @@ def load_public_key(pem: str | bytes, *, where: str) -> PublicKey:
             key = x509.load_pem_x509_certificate(data).public_key()
         else:
             key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as error:
-        raise InputError(where, f"not a PEM public key ({error})") from error
+    except UnsupportedAlgorithm as error:
+        raise InputError(where, "not a PEM public key: its key type is not supported") from error
+    except ValueError as error:
+        problem = pem_problem(data, _PUBLIC_LABELS, what="a public key or certificate")
+        problem = problem or "its DER is not a valid public key"
+        raise InputError(where, f"not a PEM public key: {problem}") from error
     if not isinstance(key, PublicKey):
-        raise InputError(where, f"{type(key).__name__} keys are not supported")
+        raise InputError(where, f"{type(key).__name__.removeprefix('_')} keys are not supported")
     return key
 
 
 def load_certificates(pem: str | bytes, *, where: str) -> list[x509.Certificate]:
-    """Parse every CERTIFICATE block of a PEM text; raises InputError if there is none."""
+    """Parse every CERTIFICATE block of a PEM text; raises InputError if there is none,
+    or naming the first certificate that cannot be used."""
     data = pem.encode() if isinstance(pem, str) else pem
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError as error:
-        raise InputError(where, f"not a PEM certificate list ({error})") from error
+        raise InputError(where, _certificates_problem(data)) from error
     for index, certificate in enumerate(certificates):
         problem = certificate_problem(certificate)
         if problem:
             raise InputError(where, f"certificate {index + 1}: {problem}")
     return certificates
+
+
+def _certificates_problem(data: bytes) -> str:
+    problem = pem_problem(data, ("CERTIFICATE",), what="certificates")
+    if problem:
+        return f"not a PEM certificate list: {problem}"
+    blocks = [der for label, der in pem_blocks(data) if label == "CERTIFICATE"]
+    for index, der in enumerate(blocks):
+        try:
+            x509.load_der_x509_certificate(der)
+        except ValueError:
+            return f"certificate {index + 1} is not valid DER/X.509"
+    return "not a PEM certificate list"
 
 
 def certificate_problem(certificate: x509.Certificate) -> str | None:
@@ -108,13 +177,21 @@ def certificate_problem(certificate: x509.Certificate) -> str | None:
     of an exception halfway through chain validation.
     """
     try:
-        _ = certificate.subject, certificate.issuer, certificate.extensions
-    except (ValueError, x509.DuplicateExtension) as error:
-        return str(error)
+        _ = certificate.subject, certificate.issuer
+    except ValueError:
+        return "its subject or issuer name is not valid DER"
+    try:
+        _ = certificate.extensions
+    except x509.DuplicateExtension as error:
+        return f"extension {error.oid.dotted_string} appears twice"
+    except ValueError:
+        return "its extensions are not valid DER"
     try:
         certificate.public_key()
-    except (ValueError, UnsupportedAlgorithm) as error:
-        return f"its public key cannot be used ({error})"
+    except UnsupportedAlgorithm:
+        return "its public key is of an unsupported type"
+    except ValueError:
+        return "its public key is not valid"
     return None
 
 
@@ -174,10 +251,20 @@ def load_private_key(pem: bytes, *, where: str, password: bytes | None = None) -
     """Parse a PEM private key; raises InputError naming ``where`` when unusable."""
     try:
         key = serialization.load_pem_private_key(pem, password=password)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
-        raise InputError(where, f"not a usable PEM private key ({error})") from error
+    except TypeError as error:
+        # cryptography says TypeError for a missing (or needless) password.
+        problem = "it is encrypted; decrypt it first" if password is None else str(error)
+        raise InputError(where, f"not a usable PEM private key: {problem}") from error
+    except UnsupportedAlgorithm as error:
+        raise InputError(
+            where, "not a usable PEM private key: its key type is not supported"
+        ) from error
+    except ValueError as error:
+        problem = pem_problem(pem, _PRIVATE_LABELS, what="a private key")
+        problem = problem or "its DER is not a valid private key"
+        raise InputError(where, f"not a usable PEM private key: {problem}") from error
     if not isinstance(key, PrivateKey):
-        raise InputError(where, f"{type(key).__name__} keys are not supported")
+        raise InputError(where, f"{type(key).__name__.removeprefix('_')} keys are not supported")
     try:
         algorithm = algorithm_of(key.public_key())
     except UnsupportedKey as error:

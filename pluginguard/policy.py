@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from cryptography import x509
 
 from pluginguard import keys
-from pluginguard.errors import InputError, PluginGuardError
+from pluginguard.errors import InputError, PluginGuardError, shown
 from pluginguard.manifest import API_VERSION, optional
 from pluginguard.verdict import Enforcement
 
@@ -114,16 +114,16 @@ def compile_policy(
 
     trusted_keys = tuple(loader.trusted_keys(_entries(spec, "trustedKeys", where)))
     trusted_roots = tuple(loader.trusted_roots(_entries(spec, "trustedRoots", where)))
-    crl = optional(spec, "crl", dict, {}, where=where)
+    crl = optional(spec, "crl", dict, {}, where=where, prefix="spec")
     crl_sources = tuple(loader.crl_sources(_entries(crl, "sources", where, "spec.crl")))
     return TrustPolicy(
         name=name,
         namespace_selector=_selector(spec, where),
-        enforcement=_enum(spec, "enforcement", Enforcement, Enforcement.ENFORCE, where),
-        require_signature=optional(spec, "requireSignature", bool, True, where=where),
-        require_certificate=optional(spec, "requireCertificate", bool, False, where=where),
-        require_signed_sandbox=optional(spec, "requireSignedSandbox", bool, True, where=where),
-        require_code_signing_eku=optional(spec, "requireCodeSigningEKU", bool, True, where=where),
+        enforcement=_enum(spec, "enforcement", Enforcement, Enforcement.ENFORCE, where, "spec"),
+        require_signature=_flag(spec, "requireSignature", True, where),
+        require_certificate=_flag(spec, "requireCertificate", False, where),
+        require_signed_sandbox=_flag(spec, "requireSignedSandbox", True, where),
+        require_code_signing_eku=_flag(spec, "requireCodeSigningEKU", True, where),
         allowed_algorithms=_algorithms(spec, where),
         trusted_keys=trusted_keys,
         trusted_roots=trusted_roots,
@@ -131,7 +131,9 @@ def compile_policy(
         max_chain_length=_positive(spec, "maxCertChainLength", 3, where,
                                    maximum=_MAX_CHAIN_LENGTH),
         crl_sources=crl_sources,
-        crl_allow_unavailable=_enum(crl, "onUnavailable", str, "deny", where) == "allow",
+        crl_allow_unavailable=(
+            _enum(crl, "onUnavailable", str, "deny", where, "spec.crl") == "allow"
+        ),
         verification_timeout=_duration(spec, where),
         unavailable=tuple(loader.unavailable),
         references=frozenset(loader.references),
@@ -198,38 +200,45 @@ class _MaterialLoader:
     def trusted_keys(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterable[TrustedKey]:
         for place, entry in entries:
             name = str(entry.get("name") or place)
-            pem = self._read(place, entry, inline="publicKey")
-            if pem is None:
+            found = self._read(place, entry, inline="publicKey")
+            if found is None:
                 continue
-            key = keys.load_public_key(pem, where=f"{self.where}: {place} ({name})")
+            pem, source = found
+            named = f"{name}, from {source}" if source else name
+            key = keys.load_public_key(pem, where=f"{self.where}: {place} ({named})")
             yield TrustedKey(name=name, key=key, fingerprint=keys.fingerprint(key))
 
     def trusted_roots(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterable[x509.Certificate]:
         for place, entry in entries:
-            pem = self._read(place, entry, inline="certificates")
-            if pem is not None:
-                yield from keys.load_certificates(pem, where=f"{self.where}: {place}")
+            found = self._read(place, entry, inline="certificates")
+            if found is not None:
+                pem, source = found
+                named = f"{place} (from {source})" if source else place
+                yield from keys.load_certificates(pem, where=f"{self.where}: {named}")
 
     def crl_sources(self, entries: Iterable[tuple[str, Mapping[str, Any]]]) -> Iterable[CrlSource]:
         for place, entry in entries:
             origin = str(entry.get("url") or place)
             try:
                 if "url" in entry:
-                    body = self.material.url(str(entry["url"]))
+                    found: tuple[bytes, str] | None = (self.material.url(str(entry["url"])), "")
                 else:
-                    body = self._read(place, entry, inline="inline", record=False)
+                    found = self._read(place, entry, inline="inline", record=False)
             except MaterialUnavailable as error:
                 yield CrlSource(origin, None, str(error))
                 continue
-            if body is None:
+            if found is None:
                 yield CrlSource(origin, None, f"{place} names no source")
                 continue
-            yield _parse_crl(origin, body)
+            body, source = found
+            yield _parse_crl(f"{origin} (from {source})" if source else origin, body)
 
     def _read(self, place: str, entry: Mapping[str, Any], *, inline: str,
-              record: bool = True) -> bytes | None:
+              record: bool = True) -> tuple[bytes, str] | None:
+        """The entry's material and, when it came from a Secret or ConfigMap, that
+        object's name for messages (``Secret ns/name key k``), else ""."""
         if entry.get(inline) is not None:
-            return str(entry[inline]).encode()
+            return str(entry[inline]).encode(), ""
         for kind, ref_field in (("Secret", "secretRef"), ("ConfigMap", "configMapRef")):
             ref = entry.get(ref_field)
             if ref is None:
@@ -240,50 +249,61 @@ class _MaterialLoader:
                 raise InputError(self.where, f"{place}.{ref_field} needs name, namespace and key")
             self.references.add((kind, ref["namespace"], ref["name"]))
             try:
-                return self.material.reference(kind, ref["namespace"], ref["name"], ref["key"])
+                body = self.material.reference(kind, ref["namespace"], ref["name"], ref["key"])
             except MaterialUnavailable as error:
                 if not record:
                     raise
                 self.unavailable.append(f"{place}: {error}")
                 return None
+            return body, f"{kind} {ref['namespace']}/{ref['name']} key {ref['key']}"
         raise InputError(self.where, f"{place} needs {inline}, secretRef or configMapRef")
 
 
 def _parse_crl(origin: str, body: bytes) -> CrlSource:
+    """A source's CRL, PEM or DER; a body that is neither is recorded as unreadable."""
     try:
         if b"-----BEGIN" in body:
             crl = x509.load_pem_x509_crl(body)
         else:
             crl = x509.load_der_x509_crl(body)
-    except ValueError as error:
-        return CrlSource(origin, None, f"not a CRL ({error})")
+    except ValueError:
+        # cryptography's text here is its ASN.1 parser's debug output: say what it means.
+        pem = b"-----BEGIN" in body
+        problem = keys.pem_problem(body, ("X509 CRL",), what="a CRL") if pem else None
+        return CrlSource(origin, None, f"not a CRL: {problem or 'not valid DER/X.509'}")
     return CrlSource(origin, crl)
 
 
 def _entries(spec: Mapping[str, Any], key: str, where: str,
              prefix: str = "spec") -> list[tuple[str, Mapping[str, Any]]]:
-    entries = optional(spec, key, list, [], where=where)
+    entries = optional(spec, key, list, [], where=where, prefix=prefix)
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             raise InputError(where, f"{prefix}.{key}[{index}] must be a mapping")
     return [(f"{prefix}.{key}[{index}]", entry) for index, entry in enumerate(entries)]
 
 
-def _enum(spec: Mapping[str, Any], key: str, kind: Any, default: Any, where: str) -> Any:
-    value = optional(spec, key, str, None, where=where)
+def _enum(spec: Mapping[str, Any], key: str, kind: Any, default: Any, where: str,
+          prefix: str) -> Any:
+    value = optional(spec, key, str, None, where=where, prefix=prefix)
     if value is None:
         return default
     choices = [e.value for e in kind] if kind is not str else ["deny", "allow"]
     if value not in choices:
-        raise InputError(where, f"{key} must be one of {', '.join(choices)}, not {value!r}")
+        raise InputError(where, f"{prefix}.{key} must be one of {', '.join(choices)}, "
+                                f"not {shown(value)}")
     return kind(value)
+
+
+def _flag(spec: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    return bool(optional(spec, key, bool, default, where=where, prefix="spec"))
 
 
 _EVERY_ALGORITHM = frozenset(keys.ALGORITHMS)
 
 
 def _algorithms(spec: Mapping[str, Any], where: str) -> frozenset[str]:
-    names = optional(spec, "allowedAlgorithms", list, None, where=where)
+    names = optional(spec, "allowedAlgorithms", list, None, where=where, prefix="spec")
     if names is None:
         return _EVERY_ALGORITHM
     for index, name in enumerate(names):
@@ -297,7 +317,7 @@ def _algorithms(spec: Mapping[str, Any], where: str) -> frozenset[str]:
 
 
 def _revoked(spec: Mapping[str, Any], where: str) -> frozenset[str]:
-    revoked = optional(spec, "revokedKeys", list, [], where=where)
+    revoked = optional(spec, "revokedKeys", list, [], where=where, prefix="spec")
     for index, value in enumerate(revoked):
         if not isinstance(value, str) or not _FINGERPRINT.match(value):
             raise InputError(where, f"spec.revokedKeys[{index}] must be a sha256 fingerprint (64 hex digits)")
@@ -306,7 +326,7 @@ def _revoked(spec: Mapping[str, Any], where: str) -> frozenset[str]:
 
 def _positive(spec: Mapping[str, Any], key: str, default: int, where: str, *,
               maximum: int) -> int:
-    value = optional(spec, key, int, default, where=where)
+    value = optional(spec, key, int, default, where=where, prefix="spec")
     if not 1 <= value <= maximum:
         raise InputError(where, f"spec.{key} must be between 1 and {maximum}, not {value}")
     return value
@@ -315,7 +335,7 @@ def _positive(spec: Mapping[str, Any], key: str, default: int, where: str, *,
 def _selector(spec: Mapping[str, Any], where: str) -> Mapping[str, Any]:
     """``spec.namespaceSelector``, checked here so that matching it later cannot fail."""
     place = "spec.namespaceSelector"
-    selector = optional(spec, "namespaceSelector", dict, {}, where=where)
+    selector = optional(spec, "namespaceSelector", dict, {}, where=where, prefix="spec")
     if not selector:
         return selector  # every namespace, as an empty selector means in Kubernetes
     unknown = sorted(set(selector) - {"matchLabels", "matchExpressions"})
@@ -346,7 +366,7 @@ _DEFAULT_TIMEOUT = timedelta(seconds=2)
 
 
 def _duration(spec: Mapping[str, Any], where: str) -> timedelta:
-    text = optional(spec, "verificationTimeout", str, None, where=where)
+    text = optional(spec, "verificationTimeout", str, None, where=where, prefix="spec")
     if text is None:
         return _DEFAULT_TIMEOUT
     match = _DURATION.match(text)

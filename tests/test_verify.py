@@ -397,3 +397,21 @@ def test_crl_urls_other_than_http_are_not_read(pki: dict[str, Any], tmp_path: Pa
     (tmp_path / "crl.pem").write_bytes(pki["crl"])
     with pytest.raises(MaterialUnavailable, match="only http and https"):
         ManifestMaterial([]).url(f"file://{tmp_path}/crl.pem")
+
+
+@pytest.mark.parametrize("inline, problem", [
+    ("-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n", "not a CRL: not valid DER/X.509"),
+    ("-----BEGIN X509 CRL-----\nAA!A\n-----END X509 CRL-----\n",
+     "not a CRL: the X509 CRL block is not valid base64"),
+    ("garbage", "not a CRL: not valid DER/X.509"),
+])
+def test_an_inline_crl_that_does_not_parse_is_named_in_a_few_words(
+    pki: dict[str, Any], inline: str, problem: str
+) -> None:
+    document = dsse_sign(plugin(), pki["signer"][0], "ECDSA-P256", keyid="",
+                         chain_pem=chain_pem(pki, "signer"))
+    trust = policy(trustedRoots=roots(pki), crl={"sources": [{"inline": inline}]})
+    verdict = verdict_for(document, trust)
+    assert verdict.reason is Reason.REVOCATION_UNAVAILABLE
+    assert f"CRL source spec.crl.sources[0] is unavailable ({problem})" in verdict.message
+    assert "ParseError" not in verdict.message and "cryptography.io" not in verdict.message
