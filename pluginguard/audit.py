@@ -497,7 +497,9 @@ class Verification:
         else:
             text = f"{self.records} records, chain intact ({macs})"
         if self.last_hash is not None:
-            text += f"; last record {self.last_seq} sha256:{self.last_hash}"
+            # A changed record's hash may be any string; a real one has 64 digits.
+            shown = self.last_hash if len(self.last_hash) <= 64 else f"{self.last_hash[:64]}..."
+            text += f"; last record {self.last_seq} sha256:{shown}"
         return text
 
 
@@ -512,16 +514,18 @@ def verify_log(
     """
     result = Verification()
     entries: list[Entry] = []
+    blanks: list[tuple[int, bytes, bool, bytes | None]] = []
     for number, line, ended, following in _lines(path):
-        try:
-            record = _parse(line)
-        except ValueError as error:
-            if _torn(line, ended, following, result, number):
-                continue
-            raise InputError(
-                str(path), f"line {number}: not an audit record: {error}"
-            ) from error
-        entries.append(_check_record(record, number, key=key, result=result))
+        if not line.strip():
+            # Blank lines at the very end are an editor's or a shell's doing, and are
+            # skipped; the writer never writes one, so one before a record is an error.
+            blanks.append((number, line, ended, following))
+            continue
+        for held in (*blanks, (number, line, ended, following)):
+            entry = _entry(*held, path=path, key=key, result=result)
+            if entry is not None:
+                entries.append(entry)
+        blanks.clear()
     result.records = len(entries)
     if entries:
         result.last_seq, result.last_hash = entries[-1].seq, entries[-1].hash
@@ -534,6 +538,28 @@ def verify_log(
                 f"was cut short or rewritten before it"
             )
     return result
+
+
+def _entry(
+    number: int,
+    line: bytes,
+    ended: bool,
+    following: bytes | None,
+    *,
+    path: str | Path,
+    key: bytes | None,
+    result: Verification,
+) -> Entry | None:
+    """The checked record of one line, or None for a torn line (which is reported)."""
+    try:
+        record = _parse(line)
+    except ValueError as error:
+        if _torn(line, ended, following, result, number):
+            return None
+        raise InputError(
+            str(path), f"line {number}: not an audit record: {error}"
+        ) from error
+    return _check_record(record, number, key=key, result=result)
 
 
 def _lines(path: str | Path) -> Iterator[tuple[int, bytes, bool, bytes | None]]:
@@ -719,7 +745,9 @@ def _lines_named(entries: list[Entry], indices: range) -> str:
 def _parse(line: bytes) -> dict[str, Any]:
     """One line as a record; ValueError says what is wrong with it."""
     try:
-        record = json.loads(line.decode("utf-8"), object_pairs_hook=_unique_keys)
+        record = json.loads(
+            line.decode("utf-8"), object_pairs_hook=_unique_keys, parse_int=_integer
+        )
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ValueError(f"not JSON: {error}") from None
     if not isinstance(record, dict):
@@ -734,9 +762,27 @@ def _parse(line: bytes) -> dict[str, Any]:
             raise ValueError(f"{name} is neither a string nor null")
     try:
         canonical(record)
+    except (rfc8785.IntegerDomainError, rfc8785.FloatDomainError):
+        # rfc8785's message holds the whole number; the record may hold a huge one.
+        raise ValueError(
+            "cannot be canonicalised: a number in it is outside the range JSON "
+            "carries exactly (integers up to 2^53)"
+        ) from None
     except Exception as error:  # noqa: BLE001 - rfc8785 raises several types
         raise ValueError(f"cannot be canonicalised: {error}") from None
     return record
+
+
+# A record's integers are sequence numbers, which JSON carries exactly up to 2^53 (16
+# digits); one that is longer is not a record's, and is not worth converting in full.
+_MAX_DIGITS = 16
+
+
+def _integer(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > _MAX_DIGITS:
+        raise ValueError(f"it holds an integer of {digits} digits, not a sequence number")
+    return int(text)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -326,6 +326,36 @@ def test_unparseable_lines_are_input_errors_naming_the_line(tmp_path: Path) -> N
         verify_log(path)
 
 
+@pytest.mark.parametrize("ending", ["\n", "\n\n\n", "  \n", "\n \t"])
+def test_blank_lines_at_the_very_end_are_skipped(tmp_path: Path, ending: str) -> None:
+    path = write_log(tmp_path / "audit.jsonl", 5)
+    path.write_bytes(path.read_bytes() + ending.encode())
+    result = verify_log(path)
+    assert result.intact and result.records == 5
+
+
+def test_a_blank_line_before_a_record_is_not_excused(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "audit.jsonl", 5)
+    content = lines(path)
+    content.insert(2, "\n")
+    rewrite(path, [*content, "\n"])
+    with pytest.raises(InputError, match="line 3: not an audit record: not JSON"):
+        verify_log(path)
+
+
+def test_an_absurd_sequence_number_is_not_printed_in_full(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "audit.jsonl", 3)
+    content = lines(path)
+    content[1] = content[1].replace('"seq":2,', '"seq":' + "9" * 400 + ",", 1)
+    assert "9" * 400 in content[1]
+    rewrite(path, content)
+    with pytest.raises(InputError) as raised:
+        verify_log(path)
+    assert str(raised.value).endswith(
+        "line 2: not an audit record: it holds an integer of 400 digits, not a sequence number"
+    )
+
+
 # --- crashes, restarts and failures ------------------------------------------------
 
 
@@ -586,6 +616,14 @@ def test_cli_verify_exit_codes(tmp_path: Path) -> None:
     assert "line 4: not an audit record" in unusable.stderr
     missing = run_cli("audit", "verify", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_cli_verify_tolerates_a_trailing_blank_line(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "audit.jsonl", 3)
+    path.write_bytes(path.read_bytes() + b"\n")
+    result = run_cli("audit", "verify", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("3 records, chain intact")
 
 
 # --- where decisions come from ----------------------------------------------------------
