@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
+import stat
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -167,8 +170,8 @@ def _sign(args: argparse.Namespace) -> int:
     except InputError as error:
         raise error.within(args.plugin) from None
     text = yaml.safe_dump(signed, sort_keys=False)
-    if args.output:
-        _write_atomically(Path(args.output), text)
+    if args.output is not None:
+        _write_output(args.output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -292,17 +295,58 @@ def _read_bytes(path: str) -> bytes:
         raise InputError(path, f"cannot read: {error}") from error
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside ``path`` and rename: never half a manifest."""
-    if path.is_dir():
-        raise InputError(str(path), "is a directory; give a file name")
-    temporary = path.with_name(f".{path.name}.tmp")
+def _write_output(path: str, text: str) -> None:
+    """Write a manifest to ``path``: never half of one, never over something else.
+
+    A symlink is followed to its target. A regular file (or a new one) is replaced by
+    renaming a complete temporary file over it; anything else that exists (a device,
+    a FIFO, /dev/stdout) is written to directly, as renaming would replace the node.
+    """
+    if not path:
+        raise InputError("-o", "is empty; give a file name")
     try:
-        temporary.write_text(text)
-        temporary.replace(path)
+        mode: int | None = os.stat(path).st_mode  # through symlinks, /dev/stdout's too
+    except FileNotFoundError:
+        mode = None
     except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise InputError(str(path), f"cannot write: {error}") from error
+        raise InputError(path, f"cannot write: {error.strerror}") from error
+    if mode is not None and stat.S_ISDIR(mode):
+        raise InputError(path, "is a directory; give a file name")
+    try:
+        if mode is not None and not stat.S_ISREG(mode):
+            with open(path, "w") as out:
+                out.write(text)
+        else:
+            _replace(Path(os.path.realpath(path)), text, mode=mode)
+    except OSError as error:
+        raise InputError(path, f"cannot write: {error.strerror or error}") from error
+
+
+def _replace(target: Path, text: str, *, mode: int | None) -> None:
+    """Rename a new file holding ``text`` over ``target``, keeping its permissions."""
+    # mkstemp: a name nobody else holds, opened O_EXCL so that nothing planted there
+    # (a symlink, a directory) is followed or overwritten.
+    descriptor, temporary = tempfile.mkstemp(
+        dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+            out.flush()
+            os.fchmod(out.fileno(), stat.S_IMODE(mode) if mode is not None else _new_file_mode())
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _new_file_mode() -> int:
+    """The mode open() would give a new file: 0666 less the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 if __name__ == "__main__":

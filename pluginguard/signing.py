@@ -112,7 +112,15 @@ def pem_chain(certificates: Sequence[x509.Certificate]) -> str:
 
 
 def write_keypair(key: keys.PrivateKey, prefix: str) -> tuple[Path, Path]:
-    """Write ``PREFIX.key`` (mode 0600) and ``PREFIX.pub``; refuses to overwrite."""
+    """Write ``PREFIX.key`` (mode 0600) and ``PREFIX.pub``; refuses to overwrite.
+
+    Raises InputError for a prefix that names no file (empty, or ending in a
+    directory), a file that exists already or one that cannot be written; nothing is
+    left behind then.
+    """
+    if os.path.basename(prefix) in ("", ".", ".."):
+        raise InputError("--out", f"{prefix!r} has no file name; give a prefix such as "
+                                  "keys/release (for keys/release.key and keys/release.pub)")
     private, public = Path(f"{prefix}.key"), Path(f"{prefix}.pub")
     for path in (private, public):
         if path.exists() or path.is_symlink():
@@ -121,12 +129,32 @@ def write_keypair(key: keys.PrivateKey, prefix: str) -> tuple[Path, Path]:
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
+    created: list[Path] = []
+    path = private
     try:
-        with open(private, "xb", opener=lambda path, flags: os.open(path, flags, 0o600)) as out:
-            out.write(private_pem)
-        with open(public, "xb") as out:
-            out.write(public_pem)
-    except OSError as error:
-        private.unlink(missing_ok=True)
-        raise InputError(str(error.filename or prefix), f"cannot write: {error.strerror}") from error
+        for path, pem, mode in ((private, private_pem, 0o600), (public, public_pem, 0o666)):
+            _create(path, pem, mode=mode)
+            created.append(path)
+    except BaseException as error:
+        # Only what this call created goes: a file that appeared at one of the names
+        # since the check above is someone else's.
+        for done in created:
+            done.unlink(missing_ok=True)
+        if isinstance(error, FileExistsError):
+            raise InputError(str(path), "exists already; choose another --out prefix") from error
+        if isinstance(error, OSError):
+            raise InputError(str(path), f"cannot write: {error.strerror}") from error
+        raise
     return private, public
+
+
+def _create(path: Path, content: bytes, *, mode: int) -> None:
+    """Create ``path`` holding ``content``; O_EXCL, so nothing there is followed or
+    overwritten. A file left incomplete by a failed write is removed."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(content)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pluginguard import signing
+from pluginguard.cli import main
 from tests import openssl_pki
 from tests.plugin_factory import plugin, policy
 
@@ -278,7 +285,11 @@ def test_sign_with_a_bad_output_path_leaves_nothing_behind(workspace: Path) -> N
         "missing-dir/out.yaml",
         cwd=workspace,
     )
-    assert result.returncode == 2 and "cannot write" in result.stderr
+    assert result.returncode == 2
+    # The output is named, not the temporary file written beside it.
+    assert result.stderr == (
+        "pluginguard: missing-dir/out.yaml: cannot write: No such file or directory\n"
+    )
     assert not (workspace / "missing-dir").exists()
 
 
@@ -312,3 +323,169 @@ def test_output_to_a_closed_pipe_is_quiet(workspace: Path) -> None:
     result = subprocess.run(command, shell=True, cwd=workspace, capture_output=True, text=True,
                             timeout=60)
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+# -- in-process runs, for what a real process cannot arrange ---------------------------
+
+
+@pytest.fixture()
+def cli(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str, str]]:
+    """``pluginguard`` run in this process in the workspace: (exit code, stdout, stderr)."""
+    monkeypatch.chdir(workspace)
+
+    def call(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exit:  # argparse's way out
+            code = int(exit.code or 0)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return call
+
+
+def one_line(stderr: str) -> bool:
+    return stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+# -- sign -o and keygen: where they write ------------------------------------------------
+
+
+def test_sign_output_through_a_symlink_writes_its_target(workspace: Path, cli) -> None:
+    cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    (workspace / "real.yaml").write_text("previous\n")
+    (workspace / "link.yaml").symlink_to("real.yaml")
+    (workspace / "dangling.yaml").symlink_to("new.yaml")
+    for link in ("link.yaml", "dangling.yaml"):
+        code, _, err = cli("sign", "plugin.yaml", "--key", "k.key", "-o", link)
+        assert code == 0, err
+        assert (workspace / link).is_symlink()
+    for target in ("real.yaml", "new.yaml"):
+        assert yaml.safe_load((workspace / target).read_text())["spec"]["signature"]
+    assert not [p for p in workspace.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_sign_output_to_a_device_writes_into_it(workspace: Path) -> None:
+    # A /dev/full of the test's own: were the node replaced, only the workspace's would go.
+    full = workspace / "full"
+    try:
+        os.mknod(full, stat.S_IFCHR | 0o666, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("making a device node needs CAP_MKNOD")
+    run("keygen", "--algorithm", "ed25519", "--out", "k", cwd=workspace)
+    result = run("sign", "plugin.yaml", "--key", "k.key", "-o", "full", cwd=workspace)
+    assert result.returncode == 2 and one_line(result.stderr)
+    assert result.stderr == "pluginguard: full: cannot write: No space left on device\n"
+    assert stat.S_ISCHR(os.lstat(full).st_mode)
+
+
+def test_sign_output_to_a_fifo_or_standard_output_writes_into_it(workspace: Path) -> None:
+    run("keygen", "--algorithm", "ed25519", "--out", "k", cwd=workspace)
+    fifo = workspace / "fifo"
+    os.mkfifo(fifo)
+    received: list[str] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    piped = run("sign", "plugin.yaml", "--key", "k.key", "-o", "fifo", cwd=workspace)
+    reader.join(timeout=30)
+    assert piped.returncode == 0, piped.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert received and "signature:" in received[0]
+
+    # Through a link of the workspace's, so that a regression replaces no system file.
+    (workspace / "stdout").symlink_to("/dev/stdout")
+    stdout = run("sign", "plugin.yaml", "--key", "k.key", "-o", "stdout", cwd=workspace)
+    assert stdout.returncode == 0, stdout.stderr
+    assert yaml.safe_load(stdout.stdout)["spec"]["signature"]
+    assert (workspace / "stdout").is_symlink()
+
+
+@pytest.mark.parametrize("planted", ["directory", "symlink"])
+def test_sign_output_ignores_whatever_sits_beside_it(workspace: Path, cli, planted: str) -> None:
+    cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    victim = workspace / "victim.txt"
+    victim.write_text("keep me\n")
+    old_temporary = workspace / ".out.yaml.tmp"
+    if planted == "directory":
+        old_temporary.mkdir()
+    else:
+        old_temporary.symlink_to(victim)
+    code, _, err = cli("sign", "plugin.yaml", "--key", "k.key", "-o", "out.yaml")
+    assert code == 0, err
+    assert victim.read_text() == "keep me\n"
+    assert old_temporary.is_dir() if planted == "directory" else old_temporary.is_symlink()
+    assert yaml.safe_load((workspace / "out.yaml").read_text())["spec"]["signature"]
+
+
+def test_sign_output_that_fails_midway_keeps_the_old_file(
+    workspace: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    (workspace / "out.yaml").write_text("previous\n")
+    before = sorted(p.name for p in workspace.iterdir())
+
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    code, _, err = cli("sign", "plugin.yaml", "--key", "k.key", "-o", "out.yaml")
+    assert code == 2 and one_line(err)
+    assert err == "pluginguard: out.yaml: cannot write: No space left on device\n"
+    assert (workspace / "out.yaml").read_text() == "previous\n"
+    assert sorted(p.name for p in workspace.iterdir()) == before
+
+
+def test_sign_output_keeps_the_permissions_of_the_file_it_replaces(workspace: Path, cli) -> None:
+    cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    (workspace / "out.yaml").write_text("previous\n")
+    (workspace / "out.yaml").chmod(0o640)
+    assert cli("sign", "plugin.yaml", "--key", "k.key", "-o", "out.yaml")[0] == 0
+    assert stat.S_IMODE((workspace / "out.yaml").stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize("prefix", ["", "somedir/", "."])
+def test_keygen_refuses_a_prefix_without_a_file_name(workspace: Path, cli, prefix: str) -> None:
+    (workspace / "somedir").mkdir()
+    before = sorted(p.name for p in workspace.rglob("*"))
+    code, _, err = cli("keygen", "--algorithm", "ed25519", "--out", prefix)
+    assert code == 2 and one_line(err) and "--out" in err and "no file name" in err
+    assert sorted(p.name for p in workspace.rglob("*")) == before
+
+
+@pytest.mark.parametrize("suffix", [".key", ".pub"])
+def test_keygen_removes_only_what_it_wrote(
+    workspace: Path, cli, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """A file that appears at one of the names while keygen runs is someone else's: it
+    stays, and so does nothing of keygen's."""
+    create = signing._create
+
+    def racing(path: Path, content: bytes, *, mode: int) -> None:
+        if path.suffix == suffix:
+            path.write_text("someone else's\n")
+        create(path, content, mode=mode)
+
+    monkeypatch.setattr(signing, "_create", racing)
+    code, _, err = cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    assert code == 2 and one_line(err) and f"k{suffix}: exists already" in err
+    assert (workspace / f"k{suffix}").read_text() == "someone else's\n"
+    assert sorted(p.name for p in workspace.iterdir()) == ["artifact.bin", f"k{suffix}", "plugin.yaml"]
+
+
+def test_keygen_that_cannot_write_the_public_key_leaves_no_private_one(
+    workspace: Path, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create = signing._create
+
+    def full_disk(path: Path, content: bytes, *, mode: int) -> None:
+        if path.suffix == ".pub":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        create(path, content, mode=mode)
+
+    monkeypatch.setattr(signing, "_create", full_disk)
+    code, _, err = cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    assert code == 2 and err == "pluginguard: k.pub: cannot write: No space left on device\n"
+    assert not (workspace / "k.key").exists()
+
