@@ -23,12 +23,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pluginguard import keys, signing
 from pluginguard.audit import read_hmac_key, verify_log
 from pluginguard.errors import InputError, PluginGuardError
-from pluginguard.manifest import Plugin, load_documents, parse_plugin
+from pluginguard.manifest import Plugin, dump_manifest, load_documents, parse_plugin
 from pluginguard.policy import MaterialUnavailable, TrustPolicy, compile_policy
 from pluginguard.sandbox import limits, normalize_sandbox, seccomp_profile
 from pluginguard.verdict import Verdict
@@ -157,6 +155,7 @@ def _sign(args: argparse.Namespace) -> int:
     document = _one_plugin_document(args.plugin)
     key = keys.load_private_key(_read_bytes(args.key), where=args.key)
     certificates = keys.load_certificates(_read_bytes(args.cert), where=args.cert) if args.cert else []
+    signing.check_certificate(key, certificates, where=args.cert)
     digest = None
     if args.artifact:
         try:
@@ -169,7 +168,7 @@ def _sign(args: argparse.Namespace) -> int:
                                        form=args.format, digest=digest)
     except InputError as error:
         raise error.within(args.plugin) from None
-    text = yaml.safe_dump(signed, sort_keys=False)
+    text = dump_manifest(signed)
     if args.output is not None:
         _write_output(args.output, text)
     else:

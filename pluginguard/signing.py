@@ -20,11 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from securesystemslib.dsse import Envelope
 
 from pluginguard import keys
-from pluginguard.errors import InputError
+from pluginguard.errors import InputError, shown
+from pluginguard.manifest import DIGEST, optional
 from pluginguard.sandbox import normalize_sandbox
 from pluginguard.signature import DSSE_PAYLOAD_TYPE
 from pluginguard.verify import SANDBOX_PREDICATE, STATEMENT_TYPE, canonical
-
 
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64
 
@@ -55,18 +55,32 @@ def sign_manifest(
     """A copy of the Plugin ``document`` with ``spec.signature`` set.
 
     ``digest`` (``sha256:<hex>``), when given, replaces ``spec.artifact.digest`` first.
-    Raises InputError when the manifest lacks what signing needs.
+    Raises InputError when the manifest lacks what signing needs, or when its digest
+    or sandbox is one that verification would refuse. The certificates are taken as
+    they are (tests sign with broken ones); check_certificate is the publisher's check.
     """
     signed = copy.deepcopy(dict(document))
     spec = signed.setdefault("spec", {})
+    if not isinstance(spec, dict):
+        raise InputError("spec", "must be a mapping")
     artifact = spec.setdefault("artifact", {})
+    if not isinstance(artifact, dict):
+        raise InputError("spec.artifact", "must be a mapping")
     if digest:
         artifact["digest"] = digest
     if not isinstance(artifact.get("digest"), str):
         raise InputError("spec.artifact.digest", "is required to sign (or pass --artifact FILE)")
+    if not DIGEST.fullmatch(artifact["digest"]):
+        # Verification and the CRD accept nothing else: signing it would only make a
+        # signature that nothing can check.
+        raise InputError("spec.artifact.digest", f"{shown(artifact['digest'])} is not sha256: "
+                                                 "and 64 lowercase hex digits")
     if artifact["digest"] == PLACEHOLDER_DIGEST:
         raise InputError("spec.artifact.digest", "is the all-zero placeholder; sign the real "
                                                  "artifact (--artifact FILE) or set its digest")
+    # The hkp format does not sign the sandbox, yet a sandbox that does not compile
+    # makes the Plugin unusable all the same.
+    normalize_sandbox(spec.get("sandbox") or {})
     if form == "dsse":
         spec["signature"] = _dsse(signed, key=key, certificates=certificates)
     elif form == "hkp":
@@ -76,10 +90,32 @@ def sign_manifest(
     return signed
 
 
+def check_certificate(key: keys.PrivateKey, certificates: Sequence[x509.Certificate], *,
+                      where: str = "certificate chain") -> None:
+    """Raise InputError unless the first of ``certificates`` (the signer's, when there
+    are any) holds the public key of ``key``: a signature by one key beside another
+    key's certificate can never verify."""
+    if not certificates:
+        return
+    signing_key = keys.fingerprint(key.public_key())
+    try:
+        certified = keys.fingerprint(certificates[0].public_key())  # type: ignore[arg-type]
+    except ValueError as error:
+        raise InputError(where, f"certificate 1: {error}") from error
+    if certified != signing_key:
+        raise InputError(
+            where,
+            f"certificate 1 ({certificates[0].subject.rfc4514_string()}) is for key "
+            f"sha256:{certified[:16]}, not the signing key sha256:{signing_key[:16]}; "
+            "give the signer's certificate first",
+        )
+
+
 def _dsse(document: Mapping[str, Any], *, key: keys.PrivateKey,
           certificates: Sequence[x509.Certificate]) -> dict[str, Any]:
     spec = document["spec"]
-    subject = spec["artifact"].get("image") or document.get("metadata", {}).get("name", "plugin")
+    subject = (optional(spec, "artifact.image", str, None, where="", prefix="spec")
+               or optional(document, "metadata.name", str, "plugin", where=""))
     payload = statement(digest=spec["artifact"]["digest"], subject=subject,
                         sandbox=spec.get("sandbox") or {})
     pae = Envelope(payload, DSSE_PAYLOAD_TYPE, {}).pae()

@@ -489,3 +489,49 @@ def test_keygen_that_cannot_write_the_public_key_leaves_no_private_one(
     assert code == 2 and err == "pluginguard: k.pub: cannot write: No space left on device\n"
     assert not (workspace / "k.key").exists()
 
+
+# -- sign: what it refuses to sign --------------------------------------------------------
+
+
+@pytest.mark.parametrize("digest", [
+    "sha256:xyz", "sha256:" + "AB" * 32, "sha512:" + "ab" * 64, "ab" * 32,
+])
+def test_sign_refuses_a_digest_that_cannot_verify(workspace: Path, cli, digest: str) -> None:
+    cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    (workspace / "p.yaml").write_text(yaml.safe_dump(plugin(digest=digest)))
+    code, out, err = cli("sign", "p.yaml", "--key", "k.key")
+    assert code == 2 and one_line(err) and not out
+    assert err.startswith("pluginguard: p.yaml: spec.artifact.digest: ")
+    assert "64 lowercase hex digits" in err
+
+
+def test_sign_refuses_a_certificate_of_another_key(workspace: Path, cli) -> None:
+    root = openssl_pki.root_authority(workspace, "Root", "ECDSA-P256")
+    key, cert = root.issue("publisher", "ECDSA-P256")
+    other, _ = root.issue("someone-else", "ECDSA-P256")
+    code, out, err = cli("sign", "plugin.yaml", "--key", str(other), "--cert", str(cert))
+    assert code == 2 and one_line(err) and not out
+    assert err.startswith(f"pluginguard: {cert}: certificate 1 (CN=publisher) is for key sha256:")
+    assert "not the signing key" in err
+    assert cli("sign", "plugin.yaml", "--key", str(key), "--cert", str(cert))[0] == 0
+
+
+def test_sign_refuses_a_sandbox_that_does_not_compile_in_either_format(workspace: Path, cli) -> None:
+    cli("keygen", "--algorithm", "ed25519", "--out", "k")
+    (workspace / "p.yaml").write_text(
+        yaml.safe_dump(plugin(sandbox={"seccomp": {"allow": ["frobnicate"]}})))
+    for form in ("dsse", "hkp"):
+        code, _, err = cli("sign", "p.yaml", "--key", "k.key", "--format", form)
+        assert code == 2 and "spec.sandbox.seccomp.allow[0]: unknown syscall" in err
+
+
+def test_an_hkp_signature_is_written_as_a_literal_block(workspace: Path, cli) -> None:
+    cli("keygen", "--algorithm", "ecdsa-p256", "--out", "k")
+    code, out, _ = cli("sign", "plugin.yaml", "--key", "k.key", "--format", "hkp")
+    assert code == 0
+    assert "    hkp: |\n      -----BEGIN SIGNATURE-----\n" in out
+    assert "\n\n" not in out
+    (workspace / "signed.yaml").write_text(out)
+    write_policy(workspace, workspace / "k.pub", requireSignedSandbox=False)
+    assert cli("verify", "signed.yaml", "--policy", "policy.yaml")[0] == 0
+
