@@ -26,7 +26,14 @@ from typing import Any
 from pluginguard import keys, signing
 from pluginguard.audit import read_hmac_key, verify_log
 from pluginguard.errors import InputError, PluginGuardError
-from pluginguard.manifest import Plugin, dump_manifest, load_documents, parse_plugin
+from pluginguard.manifest import (
+    Plugin,
+    dump_manifest,
+    field,
+    load_documents,
+    optional,
+    parse_plugin,
+)
 from pluginguard.policy import MaterialUnavailable, TrustPolicy, compile_policy
 from pluginguard.sandbox import limits, normalize_sandbox, seccomp_profile
 from pluginguard.verdict import Verdict
@@ -83,14 +90,19 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     sign.set_defaults(run=_sign)
 
-    verify = commands.add_parser("verify", help="verify Plugin manifests against trust policies")
-    verify.add_argument("plugin", metavar="PLUGIN.yaml")
+    verify = commands.add_parser(
+        "verify", help="verify the Plugins of one manifest file against trust policies",
+        description="Verify the Plugins of one manifest file against trust policies.")
+    verify.add_argument("plugin", metavar="PLUGIN.yaml",
+                        help="a file of one or more Plugin documents; each is verified")
     verify.add_argument("--policy", action="append", required=True, metavar="POLICY.yaml",
                         help="PluginTrustPolicy manifests, with the Secrets and ConfigMaps they reference")
     verify.add_argument("--at", type=_timestamp, metavar="RFC3339", help="verify as of this time")
     verify.add_argument("--namespace-label", action="append", default=[], metavar="KEY=VALUE",
                         help="a label of the plugin's namespace, for policies' namespaceSelector")
-    verify.add_argument("--output", choices=["text", "json"], default="text")
+    verify.add_argument("--output", choices=["text", "json"], default="text",
+                        help="json: one object, or an array of them when the file holds "
+                             "several Plugins")
     verify.set_defaults(run=_verify)
 
     for name, run, text in (("seccomp", _seccomp, "print the plugin's seccomp profile"),
@@ -133,11 +145,11 @@ def _timestamp(text: str) -> datetime:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     result = verify_log(args.log, key=read_hmac_key(args.hmac_key_file), anchor=args.anchor)
-    shown = 50
-    for problem in result.problems[:shown]:
+    listed = 50
+    for problem in result.problems[:listed]:
         print(problem)
-    if len(result.problems) > shown:
-        print(f"... and {len(result.problems) - shown} more problems")
+    if len(result.problems) > listed:
+        print(f"... and {len(result.problems) - listed} more problems")
     for note in result.notes:
         print(f"note: {note}")
     print(result.summary())
@@ -177,10 +189,17 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    plugins = [parse_plugin(doc, where=f"{args.plugin}: document {i + 1}")
-               for i, doc in enumerate(load_documents(args.plugin))]
-    if not plugins:
+    documents = load_documents(args.plugin)
+    if not documents:
         raise InputError(args.plugin, "holds no Plugin")
+    places = [args.plugin] if len(documents) == 1 else [
+        f"{args.plugin}: document {index + 1}" for index in range(len(documents))]
+    plugins = [parse_plugin(doc, where=where) for doc, where in zip(documents, places)]
+    for plugin, where in zip(plugins, places):
+        # A sandbox that does not compile is a manifest to fix, not a refusal: the
+        # engine (for the webhook and the operator) refuses such a Plugin, the CLI
+        # names the field, as `seccomp` and `limits` do.
+        _sandbox(plugin, where)
     labels = dict(_label(text) for text in args.namespace_label)
     policies = _load_policies(args.policy)
     verdicts = [verify_plugin(p, policies, namespace_labels=labels, at=args.at) for p in plugins]
@@ -240,24 +259,51 @@ class ManifestMaterial:
     """Trust material for offline verification: Secrets and ConfigMaps given as manifests,
     CRLs fetched from their URLs."""
 
-    def __init__(self, documents: Sequence[dict[str, Any]], *, timeout: float = 5.0) -> None:
-        self.objects = {
-            (d.get("kind"), (d.get("metadata") or {}).get("namespace", "default"),
-             (d.get("metadata") or {}).get("name")): d
-            for d in documents if d.get("kind") in ("Secret", "ConfigMap")
-        }
+    def __init__(self, documents: Sequence[dict[str, Any]], *,
+                 places: Sequence[str] | None = None, timeout: float = 5.0) -> None:
+        """Only the Secrets and ConfigMaps among ``documents`` count; ``places`` says
+        where each document was read (``policy.yaml: document 2``), for messages.
+
+        Raises InputError for one whose metadata is off, and for two of one name: the
+        cluster holds one object per name, so which of them to believe is a guess.
+        """
+        if places is None:
+            places = [f"document {index + 1}" for index in range(len(documents))]
+        self.objects: dict[tuple[str, str, str], tuple[str, dict[str, Any]]] = {}
+        for where, document in zip(places, documents, strict=True):
+            kind = document.get("kind")
+            if kind not in ("Secret", "ConfigMap"):
+                continue
+            name = field(document, "metadata.name", str, where=where)
+            namespace = optional(document, "metadata.namespace", str, "default", where=where)
+            earlier = self.objects.get((kind, namespace, name))
+            if earlier is not None:
+                raise InputError(where, f"{kind} {namespace}/{name} is given twice, "
+                                        f"here and in {earlier[0]}; give it once")
+            self.objects[(kind, namespace, name)] = (where, document)
         self.timeout = timeout
 
     def reference(self, kind: str, namespace: str, name: str, key: str) -> bytes:
+        """The value of ``key``; raises MaterialUnavailable when the object or the key
+        is missing, InputError when the manifest's value is unusable."""
         found = self.objects.get((kind, namespace, name))
         if found is None:
             raise MaterialUnavailable(f"{kind} {namespace}/{name} was not given (add its manifest with --policy)")
-        if kind == "Secret" and key in (found.get("data") or {}):
-            return base64.b64decode(found["data"][key])
-        value = (found.get("stringData") or {}).get(key) or (found.get("data") or {}).get(key)
-        if value is None:
-            raise MaterialUnavailable(f"{kind} {namespace}/{name} has no key {key}")
-        return str(value).encode()
+        where, document = found
+        where = f"{where}: {kind} {namespace}/{name}"
+        # As the API server does on a write, a Secret's stringData wins over its data.
+        places = ("stringData", "data") if kind == "Secret" else ("data",)
+        for place in places:
+            values = optional(document, place, dict, {}, where=where)
+            if key not in values:
+                continue
+            value = values[key]
+            if not isinstance(value, str):
+                raise InputError(where, f"{place}.{key} must be a string")
+            if kind == "Secret" and place == "data":
+                return _secret_value(value, where=where, place=f"data.{key}")
+            return value.encode()
+        raise MaterialUnavailable(f"{kind} {namespace}/{name} has no key {key}")
 
     def url(self, url: str) -> bytes:
         if not url.startswith(("http://", "https://")):
@@ -270,14 +316,23 @@ class ManifestMaterial:
 
 
 def _load_policies(paths: Sequence[str]) -> list[TrustPolicy]:
-    documents = [(path, index, doc) for path in paths
-                 for index, doc in enumerate(load_documents(path))]
-    material = ManifestMaterial([doc for _, _, doc in documents])
-    policies = [compile_policy(doc, material=material, where=f"{path}: document {index + 1}")
-                for path, index, doc in documents if doc.get("kind") == "PluginTrustPolicy"]
+    read = [(f"{path}: document {index + 1}", doc) for path in paths
+            for index, doc in enumerate(load_documents(path))]
+    material = ManifestMaterial([doc for _, doc in read], places=[where for where, _ in read])
+    policies = [compile_policy(doc, material=material, where=where)
+                for where, doc in read if doc.get("kind") == "PluginTrustPolicy"]
     if not policies:
         raise InputError(", ".join(paths), "no PluginTrustPolicy found")
     return policies
+
+
+def _secret_value(text: str, *, where: str, place: str) -> bytes:
+    # Strictly, as the API server reads a Secret: line breaks are skipped, any other
+    # character outside the alphabet is an error.
+    try:
+        return base64.b64decode(text.replace("\n", "").replace("\r", ""), validate=True)
+    except ValueError as error:  # binascii.Error, or a character outside ASCII
+        raise InputError(where, f"{place} is not valid base64") from error
 
 
 def _label(text: str) -> tuple[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import errno
 import json
 import os
@@ -350,6 +351,14 @@ def one_line(stderr: str) -> bool:
     return stderr.count("\n") == 1 and "Traceback" not in stderr
 
 
+def signed_plugin(workspace: Path, cli: Callable[..., tuple[int, str, str]]) -> Path:
+    """plugin.yaml signed by a new k.key as signed.yaml, and policy.yaml trusting k.pub."""
+    assert cli("keygen", "--algorithm", "ed25519", "--out", "k")[0] == 0
+    assert cli("sign", "plugin.yaml", "--key", "k.key", "-o", "signed.yaml")[0] == 0
+    write_policy(workspace, workspace / "k.pub")
+    return workspace / "signed.yaml"
+
+
 # -- sign -o and keygen: where they write ------------------------------------------------
 
 
@@ -490,6 +499,122 @@ def test_keygen_that_cannot_write_the_public_key_leaves_no_private_one(
     assert not (workspace / "k.key").exists()
 
 
+# -- verify: policies and the material they reference ------------------------------------
+
+
+def secret_policy(workspace: Path, *documents: dict[str, object]) -> None:
+    """policy.yaml: a policy trusting key release.pub of Secret pluginguard/keys, then
+    ``documents``."""
+    trust = policy(trustedKeys=[{"name": "release", "secretRef": {
+        "name": "keys", "namespace": "pluginguard", "key": "release.pub"}}])
+    (workspace / "policy.yaml").write_text(yaml.safe_dump_all([trust, *documents]))
+
+
+def secret(data: dict[str, str], **fields: object) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "keys", "namespace": "pluginguard"}, "data": data, **fields}
+
+
+def test_a_secret_value_that_is_not_base64_is_named(workspace: Path, cli) -> None:
+    signed_plugin(workspace, cli)
+    secret_policy(workspace, secret({"release.pub": "!!!notbase64"}))
+    code, _, err = cli("verify", "signed.yaml", "--policy", "policy.yaml")
+    assert code == 2 and one_line(err)
+    assert err == ("pluginguard: policy.yaml: document 2: Secret pluginguard/keys: "
+                   "data.release.pub is not valid base64\n")
+
+
+def test_a_bad_key_in_a_secret_names_the_secret(workspace: Path, cli) -> None:
+    signed_plugin(workspace, cli)
+    secret_policy(workspace, secret({"release.pub": base64.b64encode(b"garbage").decode()}))
+    code, _, err = cli("verify", "signed.yaml", "--policy", "policy.yaml")
+    assert code == 2 and one_line(err)
+    assert "spec.trustedKeys[0] (release, from Secret pluginguard/keys key release.pub)" in err
+    assert "not a PEM public key: no PEM block" in err
+
+
+def test_secret_values_are_read_as_the_api_server_reads_them(workspace: Path, cli) -> None:
+    signed_plugin(workspace, cli)
+    public = (workspace / "k.pub").read_bytes()
+    wrapped = base64.encodebytes(public).decode()  # line breaks every 76 characters
+    secret_policy(workspace, secret({"release.pub": wrapped}))
+    assert cli("verify", "signed.yaml", "--policy", "policy.yaml")[0] == 0
+    # stringData wins over data, as on a write to the API server.
+    secret_policy(workspace, secret({"release.pub": "!!!"},
+                                    stringData={"release.pub": public.decode()}))
+    assert cli("verify", "signed.yaml", "--policy", "policy.yaml")[0] == 0
+
+
+def test_one_secret_given_twice_is_refused_naming_both(workspace: Path, cli) -> None:
+    signed_plugin(workspace, cli)
+    public = base64.b64encode((workspace / "k.pub").read_bytes()).decode()
+    secret_policy(workspace, secret({"release.pub": public}))
+    (workspace / "more.yaml").write_text(yaml.safe_dump(secret({"release.pub": "AAAA"})))
+    code, _, err = cli("verify", "signed.yaml", "--policy", "policy.yaml", "--policy", "more.yaml")
+    assert code == 2 and one_line(err)
+    assert err == ("pluginguard: more.yaml: document 1: Secret pluginguard/keys is given "
+                   "twice, here and in policy.yaml: document 2; give it once\n")
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"enforcement": "strict"}, "spec.enforcement must be one of enforce, warn, audit"),
+    ({"requireSignature": "yes"}, "spec.requireSignature must be a boolean"),
+    ({"trustedKeys": {}}, "spec.trustedKeys must be a list"),
+    ({"crl": []}, "spec.crl must be a mapping"),
+    ({"crl": {"onUnavailable": "maybe"}}, "spec.crl.onUnavailable must be one of deny, allow"),
+])
+def test_policy_fields_are_named_by_their_full_path(
+    workspace: Path, cli, spec: dict[str, object], message: str
+) -> None:
+    (workspace / "policy.yaml").write_text(yaml.safe_dump(policy(**spec)))
+    code, _, err = cli("verify", "plugin.yaml", "--policy", "policy.yaml")
+    assert code == 2 and one_line(err)
+    assert err.startswith(f"pluginguard: policy.yaml: document 1: {message}")
+
+
+# -- verify: a sandbox that does not compile is input, not a refusal ---------------------
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("resources", "maxMemoryMB", "lots"),
+    ("resources", "maxMemoryMB", -5),
+    ("resources", "maxMemoryMB", 2.5),
+    ("resources", "maxMemoryMB", True),
+    ("resources", "maxMemoryMB", 1e30),
+    ("seccomp", None, []),
+    ("seccomp", "deny", "ptrace"),
+    ("seccomp", "architectures", ["mips"]),
+    ("seccomp", "allow", ["read", "frobnicate"]),
+    ("seccomp", "allow", [f"read{n}" for n in range(513)]),
+])
+def test_verify_names_a_sandbox_field_that_does_not_compile(
+    workspace: Path, cli, section: str, key: str | None, value: object
+) -> None:
+    signed = signed_plugin(workspace, cli)
+    document = yaml.safe_load(signed.read_text())
+    if key is None:
+        document["spec"]["sandbox"][section] = value
+    else:
+        document["spec"]["sandbox"][section][key] = value
+    signed.write_text(yaml.safe_dump(document))
+    code, out, err = cli("verify", "signed.yaml", "--policy", "policy.yaml")
+    assert code == 2 and one_line(err) and "REFUSED" not in out
+    assert err.startswith(f"pluginguard: signed.yaml: spec.sandbox.{section}")
+    assert (code, err) == cli("seccomp", "signed.yaml")[::2]
+
+
+def test_verify_names_the_document_of_a_file_of_several(workspace: Path, cli) -> None:
+    signed = signed_plugin(workspace, cli)
+    good = yaml.safe_load(signed.read_text())
+    bad = yaml.safe_load(signed.read_text())
+    bad["spec"]["sandbox"]["seccomp"]["allow"] = ["frobnicate"]
+    signed.write_text(yaml.safe_dump_all([good, bad]))
+    code, _, err = cli("verify", "signed.yaml", "--policy", "policy.yaml")
+    assert code == 2
+    assert err.startswith("pluginguard: signed.yaml: document 2: spec.sandbox.seccomp.allow[0]: "
+                          "unknown syscall 'frobnicate'")
+
+
 # -- sign: what it refuses to sign --------------------------------------------------------
 
 
@@ -535,3 +660,32 @@ def test_an_hkp_signature_is_written_as_a_literal_block(workspace: Path, cli) ->
     write_policy(workspace, workspace / "k.pub", requireSignedSandbox=False)
     assert cli("verify", "signed.yaml", "--policy", "policy.yaml")[0] == 0
 
+
+
+def test_verify_help_says_it_takes_one_file(workspace: Path) -> None:
+    result = run("verify", "--help", cwd=workspace)
+    assert "Verify the Plugins of one manifest file" in result.stdout
+
+# -- YAML ---------------------------------------------------------------------------------
+
+
+def test_a_key_given_twice_in_a_manifest_is_refused(workspace: Path, cli) -> None:
+    text = (workspace / "plugin.yaml").read_text()
+    (workspace / "twice.yaml").write_text(text.replace("  name: ratelimit\n",
+                                                       "  name: ratelimit\n  name: other\n"))
+    for command in (["seccomp", "twice.yaml"], ["verify", "plugin.yaml", "--policy", "twice.yaml"]):
+        code, _, err = cli(*command)
+        assert code == 2 and one_line(err)
+        assert "twice.yaml: invalid YAML: line " in err and "duplicate key 'name'" in err
+
+
+def test_json_output_is_an_object_for_one_plugin_and_an_array_for_several(
+    workspace: Path, cli
+) -> None:
+    signed = signed_plugin(workspace, cli)
+    code, out, _ = cli("verify", "signed.yaml", "--policy", "policy.yaml", "--output", "json")
+    assert code == 0 and json.loads(out)["plugin"] == "hkp/ratelimit"
+    document = yaml.safe_load(signed.read_text())
+    signed.write_text(yaml.safe_dump_all([document, document]))
+    code, out, _ = cli("verify", "signed.yaml", "--policy", "policy.yaml", "--output", "json")
+    assert code == 0 and [v["verified"] for v in json.loads(out)] == [True, True]
