@@ -13,19 +13,20 @@ import contextlib
 import json
 import logging
 import os
+import re
 import stat
 import sys
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pluginguard import keys, signing
 from pluginguard.audit import read_hmac_key, verify_log
-from pluginguard.errors import InputError, PluginGuardError
+from pluginguard.errors import InputError, PluginGuardError, shown
 from pluginguard.manifest import (
     Plugin,
     dump_manifest,
@@ -70,8 +71,17 @@ def _fail(args: argparse.Namespace, error: Exception) -> None:
     print(f"pluginguard: {error}", file=sys.stderr)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other message (its default is
+    the usage block, then the error). Subcommands' parsers are of this class too."""
+
+    def error(self, message: str) -> NoReturn:
+        one_line = message.replace("\n", "\\n")  # an argument may hold a line break
+        self.exit(EXIT_INPUT, f"{self.prog}: error: {one_line} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pluginguard", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="pluginguard", description=__doc__.split("\n\n")[0])
     parser.add_argument("--verbose", "-v", action="store_true", help="show debug logs and tracebacks")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
@@ -117,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("log", metavar="FILE")
     check.add_argument("--hmac-key-file", metavar="KEY",
                        help="check every record's HMAC too (default: $PLUGINGUARD_AUDIT_HMAC_KEY)")
-    check.add_argument("--anchor", metavar="SHA256",
+    check.add_argument("--anchor", metavar="SHA256", type=_anchor,
                        help="a record hash noted earlier (the last hash a verify printed): "
                             "the log must still hold it, which shows it was not cut short")
     check.set_defaults(run=_audit_verify)
@@ -135,12 +145,35 @@ def _add_deployables(commands: Any) -> None:
     add_webhook(commands)
 
 
+# RFC 3339's date-time: a full date, T, a full time and a zone. fromisoformat takes far
+# more (a date alone, a space, no zone), and a time without a zone is not one instant.
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII
+)
+_ANCHOR = re.compile(r"(sha256:)?[0-9a-fA-F]{64}")
+
+
 def _timestamp(text: str) -> datetime:
+    example = "such as 2026-01-31T12:00:00Z"
+    if not _RFC3339.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{shown(text)} is not an RFC 3339 time {example}")
+    normal = text.upper().replace("Z", "+00:00")
+    # fromisoformat takes at most six digits of a second's fraction; finer is noise.
+    normal = re.sub(r"(\.\d{6})\d+", r"\1", normal)
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return datetime.fromisoformat(normal)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an RFC 3339 time such as 2026-01-31T12:00:00Z") from None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a valid time: a field of it is out of range"
+        ) from None
+
+
+def _anchor(text: str) -> str:
+    if not _ANCHOR.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{shown(text)} is not a record hash (64 hex digits, optionally after sha256:)"
+        )
+    return text
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -200,7 +233,7 @@ def _verify(args: argparse.Namespace) -> int:
         # engine (for the webhook and the operator) refuses such a Plugin, the CLI
         # names the field, as `seccomp` and `limits` do.
         _sandbox(plugin, where)
-    labels = dict(_label(text) for text in args.namespace_label)
+    labels = _labels(args.namespace_label)
     policies = _load_policies(args.policy)
     verdicts = [verify_plugin(p, policies, namespace_labels=labels, at=args.at) for p in plugins]
     if args.output == "json":
@@ -335,11 +368,44 @@ def _secret_value(text: str, *, where: str, place: str) -> bytes:
         raise InputError(where, f"{place} is not valid base64") from error
 
 
-def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise InputError("--namespace-label", f"{text!r} is not KEY=VALUE")
-    return key, value
+# Kubernetes' rules for label keys and values (apimachinery's validation package): a key
+# is a name, optionally after a DNS-subdomain prefix and a slash; a value is a name or "".
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _labels(texts: Sequence[str]) -> dict[str, str]:
+    """The --namespace-label arguments as a label map; InputError for a malformed one."""
+    labels: dict[str, str] = {}
+    for text in texts:
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise InputError("--namespace-label", f"{shown(text)} is not KEY=VALUE")
+        problem = _label_key_problem(key) or _label_value_problem(value)
+        if problem:
+            raise InputError("--namespace-label", f"{shown(text)}: {problem}")
+        if labels.get(key, value) != value:
+            raise InputError("--namespace-label", f"{shown(key)} is given twice, with "
+                                                  "different values; a namespace has one")
+        labels[key] = value
+    return labels
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return "the key's prefix must be a DNS subdomain (lower case, such as example.com)"
+    if not (len(name) <= 63 and _LABEL_NAME.fullmatch(name)):
+        return ("the key's name must be 1-63 letters, digits, '-', '_' or '.', "
+                "beginning and ending with a letter or digit")
+    return None
+
+
+def _label_value_problem(value: str) -> str | None:
+    if value and not (len(value) <= 63 and _LABEL_NAME.fullmatch(value)):
+        return ("the value must be empty or 1-63 letters, digits, '-', '_' or '.', "
+                "beginning and ending with a letter or digit")
+    return None
 
 
 def _read_bytes(path: str) -> bytes:

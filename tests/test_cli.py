@@ -661,10 +661,70 @@ def test_an_hkp_signature_is_written_as_a_literal_block(workspace: Path, cli) ->
     assert cli("verify", "signed.yaml", "--policy", "policy.yaml")[0] == 0
 
 
+# -- arguments ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("at", [
+    "2026-01-01", "2026-01-01T00:00:00", "2026-01-01 00:00:00Z", "2026-01-01T00:00Z",
+    "2026-01-01T00:00:00+0100", "2026-13-01T00:00:00Z", "20260101T000000Z",
+])
+def test_at_must_be_rfc3339(workspace: Path, cli, at: str) -> None:
+    code, _, err = cli("verify", "plugin.yaml", "--policy", "plugin.yaml", "--at", at)
+    assert code == 2 and one_line(err) and "argument --at" in err
+
+
+@pytest.mark.parametrize("at", [
+    "2026-01-01T00:00:00Z", "2026-01-01t00:00:00z", "2026-01-01T00:00:00.123456789+05:30",
+])
+def test_at_takes_rfc3339_times(at: str) -> None:
+    from pluginguard.cli import _timestamp
+
+    assert _timestamp(at).tzinfo is not None
+
+
+@pytest.mark.parametrize("anchor", ["xyz", "ab" * 31, "sha512:" + "ab" * 32, "ab" * 33])
+def test_a_malformed_anchor_is_input_not_a_cut_log(workspace: Path, cli, anchor: str) -> None:
+    (workspace / "audit.jsonl").write_text("")
+    code, out, err = cli("audit", "verify", "audit.jsonl", "--anchor", anchor)
+    assert code == 2 and one_line(err) and not out
+    assert "argument --anchor" in err and "not a record hash" in err
+
+
+@pytest.mark.parametrize("label", [
+    "a b=c", "=c", "a=b c", "a=-b", "Example.com/a=b", "a/b/c=d", "/a=b", "k=" + "v" * 64,
+    "x" * 64 + "=v", "nosign",
+])
+def test_namespace_labels_are_checked_as_kubernetes_does(workspace: Path, cli, label: str) -> None:
+    signed_plugin(workspace, cli)
+    code, _, err = cli("verify", "signed.yaml", "--policy", "policy.yaml", "--namespace-label", label)
+    assert code == 2 and one_line(err) and "--namespace-label" in err
+
+
+def test_valid_namespace_labels_are_taken(workspace: Path, cli) -> None:
+    signed_plugin(workspace, cli)
+    labels = ["team=keyserver", "example.com/tier=", "a.b-c_d=E.f-G_h", "k=" + "v" * 63]
+    arguments = [part for label in labels for part in ("--namespace-label", label)]
+    code, _, err = cli("verify", "signed.yaml", "--policy", "policy.yaml", *arguments)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["verify"], ("pluginguard verify: error: the following arguments are required: "
+                  "PLUGIN.yaml, --policy (see pluginguard verify --help)")),
+    (["sign", "p.yaml", "--key", "k", "--format", "pgp"],
+     "pluginguard sign: error: argument --format: invalid choice: 'pgp'"),
+    ([], "pluginguard: error: the following arguments are required: COMMAND"),
+])
+def test_argument_errors_are_one_line(workspace: Path, arguments: list[str], message: str) -> None:
+    result = run(*arguments, cwd=workspace)
+    assert result.returncode == 2 and one_line(result.stderr)
+    assert result.stderr.startswith(message)
+
 
 def test_verify_help_says_it_takes_one_file(workspace: Path) -> None:
     result = run("verify", "--help", cwd=workspace)
     assert "Verify the Plugins of one manifest file" in result.stdout
+
 
 # -- YAML ---------------------------------------------------------------------------------
 
