@@ -140,7 +140,8 @@ def _certificate(der: bytes, where: str) -> x509.Certificate:
     try:
         certificate = x509.load_der_x509_certificate(der)
     except ValueError as error:
-        raise MalformedSignature(f"{where}: {error}") from error
+        # cryptography's message is the parser's debug form; say what it means.
+        raise MalformedSignature(f"{where} is not valid DER/X.509") from error
     problem = keys.certificate_problem(certificate)
     if problem:
         raise MalformedSignature(f"{where}: {problem}")

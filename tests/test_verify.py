@@ -415,3 +415,12 @@ def test_an_inline_crl_that_does_not_parse_is_named_in_a_few_words(
     assert verdict.reason is Reason.REVOCATION_UNAVAILABLE
     assert f"CRL source spec.crl.sources[0] is unavailable ({problem})" in verdict.message
     assert "ParseError" not in verdict.message and "cryptography.io" not in verdict.message
+
+
+def test_a_certificate_that_does_not_parse_is_named_in_a_few_words(pki: dict[str, Any]) -> None:
+    document = dsse_sign(plugin(), pki["signer"][0], "ECDSA-P256", keyid="",
+                         chain_pem="-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    verdict = verdict_for(document, policy(trustedRoots=roots(pki)))
+    assert verdict.reason is Reason.MALFORMED_SIGNATURE
+    assert "spec.signature.certificateChain: certificate 1 is not valid DER/X.509" in verdict.message
+    assert "ParseError" not in verdict.message and "Tag {" not in verdict.message
