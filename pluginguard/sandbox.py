@@ -790,14 +790,17 @@ def check_pod(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
         violations.append("pod: shareProcessNamespace must not be true")
     if pod_context.get("sysctls"):
         violations.append("pod: securityContext.sysctls must not be set")
+    containers = {key: _objects(pod_spec.get(key)) for key, _ in _CONTAINER_KINDS}
     for key, label in _CONTAINER_KINDS:
-        for container in _objects(pod_spec.get(key)):
+        for container in containers[key]:
             subject = f'{label} "{container.get("name", "")}"'
             problems = _container_violations(
                 container, key, pod_context, volumes, rules
             )
             violations += [f"{subject}: {problem}" for problem in problems]
-    violations += _pod_total_violations(pod_spec, rules)
+    violations += _pod_total_violations(
+        containers["initContainers"], containers["containers"], rules
+    )
     return violations
 
 
@@ -891,21 +894,20 @@ def _limit_violations(container: Mapping[str, Any], rules: PodRules) -> list[str
     return problems
 
 
-def _pod_total_violations(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
+def _pod_total_violations(
+    inits: list[Mapping[str, Any]],
+    regulars: list[Mapping[str, Any]],
+    rules: PodRules,
+) -> list[str]:
     """Containers within their own limits may still exceed the plugin's together."""
     problems = []
     for resource, ceiling, shown, parse in _limit_kinds(rules):
-        largest = max(
-            (
-                _limit_or_zero(container, resource, parse)
-                for key, _ in _CONTAINER_KINDS[:2]
-                for container in _objects(pod_spec.get(key))
-            ),
-            default=0,
-        )
-        if largest > ceiling:
+        init_amounts = [_limit_or_zero(c, resource, parse) for c in inits]
+        regular_amounts = [_limit_or_zero(c, resource, parse) for c in regulars]
+        if max(init_amounts + regular_amounts, default=0) > ceiling:
             continue  # already reported against the container itself
-        peak = _peak_usage(pod_spec, resource, parse)
+        sidecars = [c.get("restartPolicy") == "Always" for c in inits]
+        peak = _peak_usage(init_amounts, sidecars, regular_amounts)
         if peak > ceiling:
             total = (
                 format_bytes(peak) if resource == "memory" else format_millicores(peak)
@@ -917,24 +919,21 @@ def _pod_total_violations(pod_spec: Mapping[str, Any], rules: PodRules) -> list[
     return problems
 
 
-def _peak_usage(pod_spec: Mapping[str, Any], resource: str, parse: _LimitParser) -> int:
+def _peak_usage(
+    init_amounts: list[int], sidecars: list[bool], regular_amounts: list[int]
+) -> int:
     """The most that runs at once, as the kubelet sizes a pod with sidecars.
 
     Init containers with ``restartPolicy: Always`` are sidecars: they keep running
     beside every later init container and all regular containers.
     """
-    sidecars, peak = 0, 0
-    for init in _objects(pod_spec.get("initContainers")):
-        amount = _limit_or_zero(init, resource, parse)
-        if init.get("restartPolicy") == "Always":
-            sidecars += amount
+    running, peak = 0, 0
+    for amount, sidecar in zip(init_amounts, sidecars):
+        if sidecar:
+            running += amount
         else:
-            peak = max(peak, sidecars + amount)
-    regular = sum(
-        _limit_or_zero(container, resource, parse)
-        for container in _objects(pod_spec.get("containers"))
-    )
-    return max(peak, sidecars + regular)
+            peak = max(peak, running + amount)
+    return max(peak, running + sum(regular_amounts))
 
 
 def _limit_or_zero(
