@@ -32,7 +32,7 @@ demo: system-deps $(BIN)/.installed controlplane
 demo-down: $(BIN)/.installed
 	$(BIN)/python scripts/demo down $(DEMO_DIR)
 
-# Every benchmark, each beside its floor, on this machine (~25 min; BENCH_PLUGINS=1000
+# Every benchmark, each beside its floor, on this machine (~15 min on 2 cores; BENCH_PLUGINS=1000
 # for a shorter operator run): benchmarks/out/results.json and results.md.
 bench: system-deps $(BIN)/.installed
 	@$(BIN)/pip install --quiet -e '.[test,bench]' >$(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
