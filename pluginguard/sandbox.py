@@ -717,11 +717,13 @@ class PodRules:
     """What every container of a plugin's pod must satisfy.
 
     ``profile_path`` is the ``localhostProfile`` (relative to the kubelet's seccomp
-    directory), ``writable_paths`` the only places an emptyDir may be mounted
-    read-write, ``limits`` the ceiling for memory and CPU limits.
+    directory), ``profile_sha256`` the digest of the profile generated from the sandbox
+    (what a node must hold at that path), ``writable_paths`` the only places an emptyDir
+    may be mounted read-write, ``limits`` the ceiling for memory and CPU limits.
     """
 
     profile_path: str
+    profile_sha256: str
     read_only_root_filesystem: bool
     writable_paths: tuple[str, ...]
     limits: Limits
@@ -744,6 +746,7 @@ def pod_rules(sandbox: Mapping[str, Any], *, profile_path: str) -> PodRules:
     filesystem = normal["filesystem"]
     return PodRules(
         profile_path=profile_path,
+        profile_sha256=seccomp_profile(normal).sha256,
         read_only_root_filesystem=filesystem["readOnlyRootFilesystem"],
         writable_paths=tuple(filesystem["writablePaths"]),
         limits=limits(normal),

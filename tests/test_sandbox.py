@@ -865,6 +865,10 @@ def test_pod_rules_carry_the_sandbox() -> None:
     assert rules.read_only_root_filesystem is True
     assert rules.writable_paths == ("/tmp", "/work")
     assert rules.limits.memory == "64Mi"
+    # What a node must hold at the profile path: the profile the sandbox compiles to.
+    assert rules.profile_sha256 == seccomp_profile(
+        {"filesystem": {"writablePaths": ["/work", "/tmp"]}, "resources": {"maxMemoryMB": 64}}
+    ).sha256
 
 
 @pytest.mark.parametrize(
