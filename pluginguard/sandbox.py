@@ -804,6 +804,7 @@ def check_pod(pod_spec: Mapping[str, Any], rules: PodRules) -> list[str]:
     violations += _pod_total_violations(
         containers["initContainers"], containers["containers"], rules
     )
+    violations += _pod_resource_violations(pod_spec, rules)
     return violations
 
 
@@ -887,14 +888,48 @@ def _limit_violations(container: Mapping[str, Any], rules: PodRules) -> list[str
         if value is None:
             problems.append(f"{place} must be set, to at most {shown}")
             continue
-        try:
-            amount = parse(value, where=place)
-        except InputError as error:
-            problems.append(str(error))
-            continue
-        if amount > ceiling:
-            problems.append(f"{place} {value} is above the plugin's {shown}")
+        problems += _ceiling_violations(
+            value, place=place, ceiling=ceiling, shown=shown, parse=parse
+        )
     return problems
+
+
+def _pod_resource_violations(
+    pod_spec: Mapping[str, Any], rules: PodRules
+) -> list[str]:
+    """Pod-level resources (the PodLevelResources feature) size the pod's cgroup, the
+    only bound of an ephemeral container: they may be left out, never above the
+    plugin's ceiling. A request above it is refused too, whatever the limits say."""
+    resources = _object(pod_spec.get("resources"))
+    if not resources:
+        return []
+    problems = []
+    for kind in ("limits", "requests"):
+        declared = _object(resources.get(kind))
+        for resource, ceiling, shown, parse in _limit_kinds(rules):
+            value = declared.get(resource)
+            if value is not None:
+                problems += _ceiling_violations(
+                    value,
+                    place=f"resources.{kind}.{resource}",
+                    ceiling=ceiling,
+                    shown=shown,
+                    parse=parse,
+                )
+    return [f"pod: {problem}" for problem in problems]
+
+
+def _ceiling_violations(
+    value: object, *, place: str, ceiling: int, shown: str, parse: _LimitParser
+) -> list[str]:
+    """What is wrong with ``value`` at ``place``: no quantity, or above ``ceiling``."""
+    try:
+        amount = parse(value, where=place)
+    except InputError as error:
+        return [str(error)]
+    if amount > ceiling:
+        return [f"{place} {value} is above the plugin's {shown}"]
+    return []
 
 
 def _pod_total_violations(

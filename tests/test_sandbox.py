@@ -1103,3 +1103,60 @@ def test_pod_sized_from_the_sandbox_limits_complies() -> None:
     pod = _pod()
     pod["containers"][0]["resources"]["limits"] = rules.limits.kubernetes()
     assert check_pod(pod, rules) == []
+
+
+@pytest.mark.parametrize(
+    ("resources", "violation"),
+    [
+        (
+            {"limits": {"memory": "8Gi"}},
+            "pod: resources.limits.memory 8Gi is above the plugin's 256Mi",
+        ),
+        (
+            {"limits": {"cpu": "4"}},
+            "pod: resources.limits.cpu 4 is above the plugin's 500m",
+        ),
+        (
+            {"requests": {"memory": "257Mi"}},
+            "pod: resources.requests.memory 257Mi is above the plugin's 256Mi",
+        ),
+        (
+            {"requests": {"cpu": "501m"}},
+            "pod: resources.requests.cpu 501m is above the plugin's 500m",
+        ),
+        (
+            {"limits": {"memory": "lots"}},
+            "pod: resources.limits.memory: 'lots' is not a Kubernetes quantity such as"
+            " 512Mi, 0.5 or 500m",
+        ),
+        (
+            {"requests": {"cpu": "-1"}},
+            "pod: resources.requests.cpu: must not be negative",
+        ),
+        (
+            {"limits": {"memory": ["8Gi"]}},
+            "pod: resources.limits.memory: must be a quantity, not a list",
+        ),
+    ],
+)
+def test_pod_level_resources_may_not_exceed_the_plugin(
+    resources: dict[str, Any], violation: str
+) -> None:
+    # An ephemeral container declares no limits: the pod's cgroup is all that bounds
+    # it, and pod-level resources size that cgroup.
+    pod = _with(lambda p: p.update(resources=resources))
+    assert check_pod(pod, _rules()) == [violation]
+
+
+def test_pod_level_resources_within_the_plugin_comply() -> None:
+    pod = _pod()
+    pod["resources"] = {
+        "limits": {"memory": "256Mi", "cpu": "0.5"},
+        "requests": {"memory": "128Mi", "cpu": "100m"},
+    }
+    assert check_pod(pod, _rules()) == []
+    pod["resources"] = {"limits": {"memory": "8Gi", "cpu": "4"}}
+    assert check_pod(pod, _rules()) == [
+        "pod: resources.limits.memory 8Gi is above the plugin's 256Mi",
+        "pod: resources.limits.cpu 4 is above the plugin's 500m",
+    ]
