@@ -846,6 +846,17 @@ def _container_violations(
     return problems
 
 
+# The SELinux types the Pod Security Standards' baseline level allows; any other, such
+# as spc_t (super-privileged container), lifts the runtime's confinement.
+# https://kubernetes.io/docs/concepts/security/pod-security-standards/#baseline
+_SELINUX_TYPES: Final = (
+    "container_t",
+    "container_init_t",
+    "container_kvm_t",
+    "container_engine_t",
+)
+
+
 def _privilege_violations(context: Mapping[str, Any], where: str) -> list[str]:
     """What a pod or container securityContext may not ask for, whatever the sandbox."""
     problems = []
@@ -855,7 +866,39 @@ def _privilege_violations(context: Mapping[str, Any], where: str) -> list[str]:
         problems.append(f"{where}.appArmorProfile must not be Unconfined")
     if context.get("procMount") == "Unmasked":
         problems.append(f"{where}.procMount must not be Unmasked")
+    if "seLinuxOptions" in context:
+        problems += _selinux_violations(
+            _object(context["seLinuxOptions"]), f"{where}.seLinuxOptions"
+        )
+    # A Windows host process runs on the node, outside any container.
+    if _object(context.get("windowsOptions")).get("hostProcess") is True:
+        problems.append(f"{where}.windowsOptions.hostProcess must not be true")
     return problems
+
+
+def _selinux_violations(options: Mapping[str, Any], where: str) -> list[str]:
+    """The baseline's SELinux rule: a container type or none; no user, no role."""
+    problems = []
+    kind = options.get("type")
+    if kind not in (None, "") and kind not in _SELINUX_TYPES:
+        problems.append(
+            f"{where}.type must be empty or one of {', '.join(_SELINUX_TYPES)},"
+            f" not {_shown_value(kind)}"
+        )
+    problems += [
+        f"{where}.{part} must not be set"
+        for part in ("user", "role")
+        if options.get(part) not in (None, "")
+    ]
+    return problems
+
+
+def _shown_value(value: object) -> str:
+    """``value`` of a pod spec in a violation: a string quoted and cut short (a pod may
+    carry any length), anything else by its JSON type."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 80 else f"{value[:80]!r}..."
+    return _json_type(value)
 
 
 def _seccomp_violations(profile: Mapping[str, Any], rules: PodRules) -> list[str]:

@@ -1160,3 +1160,99 @@ def test_pod_level_resources_within_the_plugin_comply() -> None:
         "pod: resources.limits.memory 8Gi is above the plugin's 256Mi",
         "pod: resources.limits.cpu 4 is above the plugin's 500m",
     ]
+
+
+def _context_at(pod: dict[str, Any], subject: str) -> dict[str, Any]:
+    """The securityContext that ``subject`` (as violations name it) reads."""
+    if subject == "pod":
+        context: dict[str, Any] = pod["securityContext"]
+        return context
+    kind, name = subject.split(' "')
+    name = name.rstrip('"')
+    key = {"container": "containers", "init container": "initContainers",
+           "ephemeral container": "ephemeralContainers"}[kind]
+    if key not in pod:
+        pod[key] = [_container(name)]
+    context = pod[key][0]["securityContext"]
+    return context
+
+
+CONTEXT_SUBJECTS = [
+    ("pod", "pod: securityContext"),
+    ('container "app"', 'container "app": securityContext'),
+    ('init container "setup"', 'init container "setup": securityContext'),
+    ('ephemeral container "debug"', 'ephemeral container "debug": securityContext'),
+]
+
+
+@pytest.mark.parametrize(("subject", "where"), CONTEXT_SUBJECTS)
+@pytest.mark.parametrize(
+    ("options", "problem"),
+    [
+        (
+            {"type": "spc_t"},
+            "seLinuxOptions.type must be empty or one of container_t,"
+            " container_init_t, container_kvm_t, container_engine_t, not 'spc_t'",
+        ),
+        (
+            {"type": "unconfined_t", "level": "s0:c1,c2"},
+            "seLinuxOptions.type must be empty or one of container_t,"
+            " container_init_t, container_kvm_t, container_engine_t, not 'unconfined_t'",
+        ),
+        ({"user": "system_u"}, "seLinuxOptions.user must not be set"),
+        ({"role": "system_r"}, "seLinuxOptions.role must not be set"),
+    ],
+)
+def test_selinux_options_are_held_to_the_baseline_pod_security_standard(
+    subject: str, where: str, options: dict[str, Any], problem: str
+) -> None:
+    pod = _pod()
+    _context_at(pod, subject)["seLinuxOptions"] = options
+    assert f"{where}.{problem}" in check_pod(pod, _rules())
+
+
+@pytest.mark.parametrize(("subject", "where"), CONTEXT_SUBJECTS)
+def test_windows_host_process_is_refused(subject: str, where: str) -> None:
+    pod = _pod()
+    _context_at(pod, subject)["windowsOptions"] = {"hostProcess": True}
+    assert f"{where}.windowsOptions.hostProcess must not be true" in check_pod(
+        pod, _rules()
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"type": ""},
+        {"type": "container_t", "level": "s0:c123,c456"},
+        {"type": "container_init_t"},
+        {"type": "container_kvm_t"},
+        {"type": "container_engine_t"},
+        {"user": "", "role": "", "level": "s0"},
+    ],
+)
+def test_selinux_options_the_baseline_allows_comply(options: dict[str, Any]) -> None:
+    pod = _pod()
+    pod["securityContext"]["seLinuxOptions"] = options
+    _app_context(pod)["seLinuxOptions"] = options
+    _app_context(pod)["windowsOptions"] = {"hostProcess": False, "runAsUserName": "u"}
+    assert check_pod(pod, _rules()) == []
+
+
+@pytest.mark.parametrize("odd", [["spc_t"], {"t": 1}, 7, True])
+def test_selinux_options_of_the_wrong_shape_are_refused_not_fatal(odd: Any) -> None:
+    pod = _pod()
+    _app_context(pod)["seLinuxOptions"] = {"type": odd, "user": odd}
+    violations = check_pod(pod, _rules())
+    assert any("seLinuxOptions.type must be empty" in v for v in violations)
+    assert 'container "app": securityContext.seLinuxOptions.user must not be set' in (
+        violations
+    )
+
+
+def test_a_long_selinux_type_is_cut_short_in_the_violation() -> None:
+    pod = _pod()
+    _app_context(pod)["seLinuxOptions"] = {"type": "x" * 10_000}
+    (violation,) = check_pod(pod, _rules())
+    assert violation.endswith("not '" + "x" * 80 + "'...")
