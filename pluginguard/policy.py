@@ -22,7 +22,12 @@ from pluginguard.manifest import API_VERSION, optional
 from pluginguard.verdict import Enforcement
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m)$")
-_FINGERPRINT = re.compile(r"^(sha256:)?[0-9a-f]{64}$")
+# A revoked key: its fingerprint as keys.fingerprint computes it, bare or spelt as
+# PluginGuard shows keys (sha256:...). The CRD's revokedKeys items carry this pattern.
+REVOKED_KEY_PATTERN = "^(sha256:)?[a-f0-9]{64}$"
+_FINGERPRINT = re.compile(REVOKED_KEY_PATTERN)
+# What messages show of a key (sha256: and 16 hex digits) names it but cannot revoke it.
+_SHORTENED_FINGERPRINT = re.compile(r"(sha256:)?[0-9a-fA-F]{1,63}")
 _SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 # The CRD's bound; the path validator counts intermediates in a byte.
 _MAX_CHAIN_LENGTH = 10
@@ -317,10 +322,30 @@ def _algorithms(spec: Mapping[str, Any], where: str) -> frozenset[str]:
 
 
 def _revoked(spec: Mapping[str, Any], where: str) -> frozenset[str]:
+    """``spec.revokedKeys`` as keys.fingerprint spells them, so that either spelling of
+    a key revokes it."""
     revoked = optional(spec, "revokedKeys", list, [], where=where, prefix="spec")
     for index, value in enumerate(revoked):
-        if not isinstance(value, str) or not _FINGERPRINT.match(value):
-            raise InputError(where, f"spec.revokedKeys[{index}] must be a sha256 fingerprint (64 hex digits)")
+        place = f"spec.revokedKeys[{index}]"
+        if not isinstance(value, str):
+            raise InputError(where, f"{place} must be a string, a key's SHA-256 fingerprint")
+        # fullmatch: "$" alone lets a trailing line break through, and a fingerprint
+        # that matches no key would revoke nothing.
+        if _FINGERPRINT.fullmatch(value):
+            continue
+        if _SHORTENED_FINGERPRINT.fullmatch(value):
+            raise InputError(
+                where,
+                f"{place}: {shown(value)} is a shortened fingerprint; revoking a key takes "
+                "all 64 hex digits of its SHA-256 fingerprint: the keyid of its DSSE "
+                "signatures (spec.signature.dsse.signatures[].keyid of a Plugin it signed) "
+                "or the keyid pluginguard keygen printed",
+            )
+        raise InputError(
+            where,
+            f"{place}: {shown(value)} is not a key fingerprint: 64 lowercase hex digits, "
+            "bare or after sha256:",
+        )
     return frozenset(value.removeprefix("sha256:") for value in revoked)
 
 

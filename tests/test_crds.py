@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pluginguard import sandbox, syscalls
+from pluginguard import policy, sandbox, syscalls
 
 CRDS = Path(__file__).resolve().parent.parent / "crds"
 
@@ -409,8 +409,47 @@ def test_verification_timeout_pattern(value: str, ok: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "ok"), [("ab" * 32, True), ("AB" * 32, False), ("ab" * 31, False)]
+    ("value", "ok"),
+    [
+        ("ab" * 32, True),
+        ("sha256:" + "ab" * 32, True),
+        ("AB" * 32, False),
+        ("ab" * 31, False),
+        ("sha256:" + "ab" * 8, False),
+        ("SHA256:" + "ab" * 32, False),
+        ("sha512:" + "ab" * 32, False),
+    ],
 )
 def test_revoked_key_fingerprint_pattern(value: str, ok: bool) -> None:
-    pattern = _at(POLICY_SPEC, "revokedKeys.[]")["pattern"]
-    assert bool(re.match(pattern, value)) is ok
+    item = _at(POLICY_SPEC, "revokedKeys.[]")
+    # RE2's "$" ends the text, as fullmatch does; re.match's "$" would allow a "\n".
+    assert bool(re.fullmatch(item["pattern"], value)) is ok
+    if ok:
+        assert len(value) <= item["maxLength"]
+
+
+def test_revoked_key_pattern_matches_the_code() -> None:
+    item = _at(POLICY_SPEC, "revokedKeys.[]")
+    assert item["pattern"] == policy.REVOKED_KEY_PATTERN
+    assert item["maxLength"] == len("sha256:") + 64  # bounds the cost of the CEL rule
+
+
+@pytest.mark.parametrize(
+    ("value", "shortened"),
+    [
+        ("824adc927a5835eb", True),
+        ("sha256:824adc927a5835eb", True),
+        ("sha256:" + "AB" * 31, True),
+        ("ab" * 32, False),
+        ("sha256:" + "ab" * 32, False),
+        ("not-a-fingerprint", False),
+    ],
+)
+def test_a_shortened_revoked_key_is_told_to_give_all_digits(
+    value: str, shortened: bool
+) -> None:
+    (rule,) = _at(POLICY_SPEC, "revokedKeys.[]")["x-kubernetes-validations"]
+    found = re.fullmatch(r"!self\.matches\('(?P<regex>[^']+)'\)", rule["rule"])
+    assert found, rule["rule"]
+    assert bool(re.fullmatch(found["regex"], value)) is shortened
+    assert "all 64 hex digits" in rule["message"] and "keyid" in rule["message"]

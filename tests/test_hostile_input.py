@@ -323,7 +323,19 @@ POLICY_SPECS = st.fixed_dictionaries(
         | JSON,
         "trustedKeys": st.lists(MATERIAL_ENTRY | JSON, max_size=3) | JSON,
         "trustedRoots": st.lists(MATERIAL_ENTRY | JSON, max_size=2) | JSON,
-        "revokedKeys": st.lists(st.sampled_from([fingerprint("Ed25519"), "sha256:xyz"]))
+        "revokedKeys": st.lists(
+            st.sampled_from(
+                [
+                    fingerprint("Ed25519"),
+                    "sha256:" + fingerprint("Ed25519"),
+                    "sha256:" + fingerprint("Ed25519")[:16],
+                    fingerprint("Ed25519").upper(),
+                    fingerprint("Ed25519") + "\n",
+                    "sha256:xyz",
+                ]
+            )
+            | st.text(max_size=80)
+        )
         | JSON,
         "maxCertChainLength": st.integers(-3, 10**30) | JSON,
         "crl": st.fixed_dictionaries(
@@ -454,6 +466,11 @@ def test_policy_compiler_raises_only_input_error(spec: dict[str, Any]) -> None:
     except InputError as error:
         assert error.where.startswith("PluginTrustPolicy hkp-plugins")
         return
+    # Revoked keys in the one spelling keys.fingerprint computes, or they revoke nothing.
+    assert all(
+        len(key) == 64 and set(key) <= set("0123456789abcdef")
+        for key in compiled.revoked_keys
+    )
     # A policy that compiles must also be usable: matching and verifying never raise.
     unsigned = verify_plugin(
         parse_plugin(plugin(), where="test"), [compiled], namespace_labels={"a": "b"}

@@ -197,6 +197,71 @@ def test_revoked_key(keydir: Path) -> None:
     assert verdict.reason is Reason.KEY_REVOKED
 
 
+@pytest.mark.parametrize("spelling", ["{}", "sha256:{}"], ids=["bare", "as-shown"])
+def test_a_revoked_key_is_matched_in_either_spelling(keydir: Path, spelling: str) -> None:
+    # PluginGuard shows keys as sha256:<hex>; a fingerprint copied from there revokes too.
+    revoked = spelling.format(keyid(keydir / "ECDSA-P384.pub"))
+    verdict = verdict_for(signed_by(keydir, "ECDSA-P384"),
+                          trusting(keydir, "ECDSA-P384", revokedKeys=[revoked]))
+    assert verdict.reason is Reason.KEY_REVOKED
+    assert "is revoked by the policy" in verdict.message
+
+
+@pytest.mark.parametrize("spelling", ["{}", "sha256:{}"], ids=["bare", "as-shown"])
+def test_a_revoked_certificate_key_is_matched_in_either_spelling(
+    pki: dict[str, Any], spelling: str
+) -> None:
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate(pki["signer"][1].read_bytes())
+    revoked = spelling.format(keys.fingerprint(leaf.public_key()))  # type: ignore[arg-type]
+    document = dsse_sign(plugin(), pki["signer"][0], "ECDSA-P256", keyid="",
+                         chain_pem=chain_pem(pki, "signer"))
+    verdict = verdict_for(document, policy(trustedRoots=roots(pki), revokedKeys=[revoked]))
+    assert verdict.reason is Reason.KEY_REVOKED
+    assert "CN=signer" in verdict.message
+
+
+def test_revoked_keys_are_compiled_to_one_spelling(keydir: Path) -> None:
+    fingerprint = keyid(keydir / "Ed25519.pub")
+    compiled = compile_policy(
+        trusting(keydir, "Ed25519", revokedKeys=[fingerprint, f"sha256:{fingerprint}"]),
+        material=NoMaterial())
+    assert compiled.revoked_keys == frozenset({fingerprint})
+
+
+@pytest.mark.parametrize("short", ["824adc927a5835eb", "sha256:824adc927a5835eb",
+                                   "sha256:" + "ab" * 31])
+def test_a_shortened_revoked_key_asks_for_the_full_fingerprint(short: str) -> None:
+    from pluginguard.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        compile_policy(policy(revokedKeys=["ab" * 32, short]), material=NoMaterial())
+    message = str(caught.value)
+    assert message.startswith(f"PluginTrustPolicy hkp-plugins: spec.revokedKeys[1]: {short!r} is "
+                              "a shortened fingerprint")
+    assert "all 64 hex digits" in message
+    assert "keyid" in message  # where the full one is found
+
+
+@pytest.mark.parametrize("bad, problem", [
+    ("AB" * 32, "is not a key fingerprint"),
+    ("SHA256:" + "ab" * 32, "is not a key fingerprint"),
+    ("sha512:" + "ab" * 32, "is not a key fingerprint"),
+    ("ab" * 32 + "\n", "is not a key fingerprint"),
+    ("ab" * 33, "is not a key fingerprint"),
+    ("", "is not a key fingerprint"),
+    (7, "must be a string"),
+])
+def test_a_revoked_key_that_is_no_fingerprint_is_refused(bad: Any, problem: str) -> None:
+    from pluginguard.errors import InputError
+
+    with pytest.raises(InputError) as caught:
+        compile_policy(policy(revokedKeys=[bad]), material=NoMaterial())
+    assert f"spec.revokedKeys[0]{':' if isinstance(bad, str) else ''} " in str(caught.value)
+    assert problem in str(caught.value)
+
+
 def test_changed_digest_is_digest_mismatch(keydir: Path) -> None:
     document = signed_by(keydir, "Ed25519")
     document["spec"]["artifact"]["digest"] = "sha256:" + "cd" * 32
