@@ -129,10 +129,52 @@ def test_status_has_a_schema(crd: dict[str, Any]) -> None:
     assert "observedGeneration" in status["properties"]
 
 
+# The two kinds of step the CRDs' printer columns take: .field and [?(@.key=="value")].
+_JSON_PATH_STEP = re.compile(
+    r'\.(?P<field>\w+)|\[\?\(@\.(?P<key>\w+)=="(?P<value>[^"]*)"\)\]'
+)
+
+
+def _steps(path: str) -> list[re.Match[str]]:
+    steps, position = [], 0
+    while position < len(path):
+        step = _JSON_PATH_STEP.match(path, position)
+        assert step, f"{path}: no step this test knows at {path[position:]}"
+        steps.append(step)
+        position = step.end()
+    return steps
+
+
+def _column_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    """The sub-schema a printer column's jsonPath reaches."""
+    for step in _steps(path):
+        if step["field"]:
+            schema = schema["properties"][step["field"]]
+        else:
+            assert schema["type"] == "array", path
+            schema = schema["items"]
+            assert step["key"] in schema["properties"], path
+    return schema
+
+
+def _printed(obj: dict[str, Any], path: str) -> list[Any]:
+    """The values a printer column's jsonPath finds in ``obj``, as kubectl finds them."""
+    found: list[Any] = [obj]
+    for step in _steps(path):
+        if step["field"]:
+            found = [v[step["field"]] for v in found if isinstance(v, dict)
+                     and step["field"] in v]
+        else:
+            found = [item for v in found if isinstance(v, list) for item in v
+                     if isinstance(item, dict)
+                     and item.get(step["key"]) == step["value"]]
+    return found
+
+
 @pytest.mark.parametrize(
     ("crd", "columns"),
     [
-        (PLUGIN, ["Verified", "Signer", "Algorithm", "Age"]),
+        (PLUGIN, ["Ready", "Reason", "Verified", "Signer", "Algorithm", "Age"]),
         (POLICY, ["Enforcement", "Age"]),
     ],
 )
@@ -143,10 +185,63 @@ def test_printer_columns_point_at_real_fields(
     assert [column["name"] for column in printed] == columns
     for column in printed:
         path = column["jsonPath"]
+        assert column.get("description") or path == ".metadata.creationTimestamp"
         if path == ".metadata.creationTimestamp":
             assert column["type"] == "date"
             continue
-        assert _at(_schema(crd), path.lstrip(".")), path
+        assert column["type"] == _column_schema(_schema(crd), path)["type"], path
+
+
+def _plugin_columns(obj: dict[str, Any]) -> dict[str, list[Any]]:
+    return {
+        column["name"]: _printed(obj, column["jsonPath"])
+        for column in _version(PLUGIN)["additionalPrinterColumns"]
+        if column["name"] in ("Ready", "Reason", "Verified")
+    }
+
+
+def test_plugin_columns_say_why_a_plugin_is_not_ready() -> None:
+    """Ready and Reason come from the Ready condition: a Plugin that verifies may still
+    wait for its profile, and its verdict alone would not say so."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        PublicFormat,
+    )
+
+    from pluginguard.operator.reconcile import (
+        SECURITY_PROFILES_OPERATOR,
+        desired_state,
+    )
+    from pluginguard.policy import NoMaterial, compile_policy
+    from pluginguard.signing import sign_manifest
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    trust = compile_policy(
+        {"apiVersion": "pluginguard.dev/v1alpha1", "kind": "PluginTrustPolicy",
+         "metadata": {"name": "p"},
+         "spec": {"trustedKeys": [{"name": "release", "publicKey": pem.decode()}]}},
+        material=NoMaterial(),
+    )
+    obj = {"apiVersion": "pluginguard.dev/v1alpha1", "kind": "Plugin",
+           "metadata": {"name": "p", "namespace": "ns", "uid": "u", "generation": 1},
+           "spec": {"artifact": {"digest": "sha256:" + "ab" * 32}, "sandbox": {}}}
+    signed = sign_manifest(obj, key=key)
+
+    def columns(document: dict[str, Any], **options: Any) -> dict[str, list[Any]]:
+        status = desired_state(document, [trust], namespace_labels={}, **options).status
+        return _plugin_columns({**document, "status": status})
+
+    assert columns(signed) == {
+        "Ready": ["True"], "Reason": ["Ready"], "Verified": [True]
+    }
+    assert columns(obj) == {
+        "Ready": ["False"], "Reason": ["SignatureMissing"], "Verified": [False]
+    }
+    assert columns(signed, delivery=SECURITY_PROFILES_OPERATOR) == {
+        "Ready": ["False"], "Reason": ["ProfileNotInstalled"], "Verified": [True]
+    }
 
 
 # -- the sandbox, in step with pluginguard.sandbox -------------------------------------
