@@ -111,13 +111,23 @@ class ClusterState:
         self.crls.stop()
 
     def synced(self) -> bool:
-        """Whether every copy has been listed at least once."""
-        reflectors = (self.namespaces, self.policies, self.plugins, *self.material.values())
-        return all(r.synced.is_set() for r in reflectors)
+        """Whether the Plugins, policies and namespaces have been listed at least once,
+        and every referenced Secret and ConfigMap has been tried.
+
+        A reference that cannot be read (missing, or not permitted) does not hold the
+        rest back: its policy does not compile, and trusts nothing, until it can be.
+        """
+        return (all(r.synced.is_set() for r in (self.namespaces, self.policies, self.plugins))
+                and all(r.tried.is_set() for r in list(self.material.values())))
 
     def stale_for(self) -> float:
-        """Seconds the least current copy has been out of touch with the API server."""
-        reflectors = (self.namespaces, self.policies, self.plugins, *self.material.values())
+        """Seconds the least current copy has been out of touch with the API server.
+
+        Trust material that was never read counts as unavailable to its policy, not as
+        stale: one unreadable reference must not stop decisions for every namespace.
+        """
+        reflectors = (self.namespaces, self.policies, self.plugins,
+                      *(r for r in list(self.material.values()) if r.synced.is_set()))
         return max(r.stale_for() for r in reflectors)
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
@@ -181,13 +191,29 @@ class ClusterState:
         return tuple(versions)
 
     def _policy_changed(self) -> None:
+        referenced: set[MaterialKey] = set()
         for obj in self.policies.values():
             compiled = self._compile(obj)
             for key, _ in compiled.material_versions:
+                referenced.add(key)
                 self._watch_material(key)
             for url in _crl_urls(obj):
                 self.crls.track(url)
+        self._unwatch_material(referenced)
         self._trust_changed()
+
+    def _unwatch_material(self, referenced: set[MaterialKey]) -> None:
+        """Stop watching Secrets and ConfigMaps no policy names any more (a typo fixed,
+        a policy deleted): a watch the webhook may not hold would fail forever."""
+        with self._lock:
+            unused = [key for key in self.material if key not in referenced]
+            stopped = [self.material.pop(key) for key in unused]
+            names = {obj["metadata"]["name"] for obj in self.policies.values()}
+            for name in [n for n in self._compiled if n not in names]:
+                del self._compiled[name]
+        for reflector in stopped:
+            log.info("watch %s: no policy references it any more; stopped", reflector.name)
+            reflector.stop()
 
     def _watch_material(self, key: MaterialKey) -> None:
         with self._lock:

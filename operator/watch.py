@@ -50,7 +50,8 @@ class Reflector:
         self.name = name
         self._view = view
         self.objects: dict[Key, dict[str, Any]] = {}
-        self.synced = threading.Event()
+        self.synced = threading.Event()  # listed at least once
+        self.tried = threading.Event()  # a list answered at least once, or failed
         self.last_sync = 0.0
         self._broken_since: float | None = None
         self._list_fn = list_fn
@@ -102,11 +103,13 @@ class Reflector:
                     log.info("watch %s: resourceVersion expired; listing again", self.name)
                     continue
                 self._broken()
+                self.tried.set()
                 log.warning("watch %s: %s %s", self.name, error.status, error.reason)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
             except Exception as error:  # noqa: BLE001 - a broken connection of any kind
                 self._broken()
+                self.tried.set()
                 log.warning("watch %s: %s", self.name, error)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -127,6 +130,7 @@ class Reflector:
         self.last_sync = time.monotonic()
         self._broken_since = None
         self.synced.set()
+        self.tried.set()
         for obj in gone:
             self._notify("DELETED", obj)
         for obj in changed:
