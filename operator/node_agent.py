@@ -8,6 +8,12 @@ anything outside ``<root>/pluginguard``. Once the file is in place it labels its
 one label per Plugin whose value is the profile's sha256, so that the mutating webhook
 can require a node that already holds the profile: no plugin pod starts on a node that
 lacks it.
+
+A ConfigMap is only the carrier. The agent installs a profile only when its sha256 is
+that of the profile the Plugin's own sandbox compiles to (the agent compiles it too), so
+neither a ConfigMap someone else wrote nor an edit of the operator's can put another
+profile on the node. A profile already installed stays while its Plugin exists, even
+when its ConfigMap goes, so that containers restarting meanwhile still find it.
 """
 
 from __future__ import annotations
@@ -24,14 +30,15 @@ from typing import Any
 
 from kubernetes import client
 
+from pluginguard.errors import InputError
 from pluginguard.manifest import GROUP
 from pluginguard.names import (
-    PLUGIN_LABEL,
     PROFILE_LABEL,
-    PROFILE_SHA_ANNOTATION,
     node_label,
     node_label_value,
+    profile_config_map,
 )
+from pluginguard.sandbox import seccomp_profile
 from pluginguard.operator.cluster import VERSION
 from pluginguard.operator.events import EventRecorder
 from pluginguard.operator.watch import Reflector
@@ -75,6 +82,9 @@ class ProfileStore:
             raise
         return True
 
+    def read(self, namespace: str, name: str) -> bytes:
+        return self.path(namespace, name).read_bytes()
+
     def installed(self) -> set[tuple[str, str]]:
         """(namespace, plugin) of every profile file present."""
         if not self.base.is_dir():
@@ -108,6 +118,11 @@ class NodeAgent:
         self.plugins = Reflector("plugins", functools.partial(
             custom.list_cluster_custom_object, GROUP, VERSION, "plugins"), listener=poke)
         self._labels: dict[str, str] = {}
+        # (namespace, plugin) -> sha256 of the profile file this node holds; read from
+        # disk at the first converge.
+        self._held: dict[tuple[str, str], str] | None = None
+        self._expected_by_version: dict[tuple[str, str, Any], str | None] = {}
+        self._rejected: set[tuple[str, str, str]] = set()
 
     def run(self) -> None:
         self.config_maps.start()
@@ -129,35 +144,63 @@ class NodeAgent:
 
     def converge(self) -> None:
         """Write what is wanted, remove what is not, then label the Node accordingly."""
-        wanted = self._wanted()
+        if self._held is None:
+            self._held = {key: hashlib.sha256(self.store.read(*key)).hexdigest()
+                          for key in self.store.installed()}
         labels: dict[str, str | None] = {}
-        for (namespace, name), (content, sha256, plugin) in wanted.items():
-            if hashlib.sha256(content).hexdigest() != sha256:
-                log.warning("profile of %s/%s does not match its sha256; not installed", namespace, name)
-                continue
-            if self.store.write(namespace, name, content):
-                log.info("installed profile %s/%s sha256:%s", namespace, name, sha256[:16])
-                self._events.record(plugin, type="Normal", reason="ProfileInstalled",
-                                    message=f"node {self.node_name} holds seccomp profile sha256:{sha256[:16]}")
-            labels[node_label(namespace, name)] = node_label_value(sha256)
-        for namespace, name in self.store.installed() - wanted.keys():
+        plugins = {(p["metadata"]["namespace"], p["metadata"]["name"]): p
+                   for p in self.plugins.values()}
+        for (namespace, name), plugin in plugins.items():
+            config_map = self.config_maps.get(namespace, profile_config_map(name))
+            content, problem = profile_to_install(plugin, config_map, self._expected(plugin))
+            if problem is not None:
+                self._reject(plugin, problem)
+            elif content is not None:
+                sha256 = hashlib.sha256(content).hexdigest()
+                if self.store.write(namespace, name, content):
+                    log.info("installed profile %s/%s sha256:%s", namespace, name, sha256[:16])
+                    self._events.record(
+                        plugin, type="Normal", reason="ProfileInstalled",
+                        message=f"node {self.node_name} holds seccomp profile sha256:{sha256[:16]}")
+                self._held[(namespace, name)] = sha256
+            held = self._held.get((namespace, name))
+            if held is not None:
+                labels[node_label(namespace, name)] = node_label_value(held)
+        for namespace, name in self.store.installed() - plugins.keys():
             self.store.remove(namespace, name)
+            self._held.pop((namespace, name), None)
             log.info("removed profile %s/%s: its Plugin is gone", namespace, name)
             labels[node_label(namespace, name)] = None
         self._label_node(labels)
 
-    def _wanted(self) -> dict[tuple[str, str], tuple[bytes, str, dict[str, Any]]]:
-        wanted = {}
-        for config_map in self.config_maps.values():
-            metadata = config_map["metadata"]
-            namespace, plugin_name = metadata["namespace"], (metadata.get("labels") or {}).get(PLUGIN_LABEL)
-            plugin = self.plugins.get(namespace, plugin_name or "")
-            content = (config_map.get("data") or {}).get("profile.json")
-            sha256 = (metadata.get("annotations") or {}).get(PROFILE_SHA_ANNOTATION)
-            if plugin is None or content is None or sha256 is None:
-                continue
-            wanted[(namespace, plugin_name)] = (content.encode(), sha256, plugin)
-        return wanted
+    def _expected(self, plugin: dict[str, Any]) -> str | None:
+        """The sha256 of the profile ``plugin``'s sandbox compiles to (None if it does
+        not compile), once per resourceVersion."""
+        metadata = plugin["metadata"]
+        key = (metadata["namespace"], metadata["name"], metadata.get("resourceVersion"))
+        if key not in self._expected_by_version:
+            try:
+                sandbox = (plugin.get("spec") or {}).get("sandbox") or {}
+                expected: str | None = seccomp_profile(sandbox).sha256
+            except InputError:
+                expected = None
+            if len(self._expected_by_version) > 4 * max(len(self.plugins.objects), 256):
+                self._expected_by_version.clear()  # versions of Plugins long changed
+            self._expected_by_version[key] = expected
+        return self._expected_by_version[key]
+
+    def _reject(self, plugin: dict[str, Any], problem: str) -> None:
+        """Say once per Plugin and problem why its profile was not installed."""
+        metadata = plugin["metadata"]
+        key = (metadata["namespace"], metadata["name"], problem)
+        if key in self._rejected:
+            return
+        if len(self._rejected) > 10_000:
+            self._rejected.clear()  # said before; an edit loop must not grow this
+        self._rejected.add(key)
+        log.warning("profile of %s/%s not installed: %s", key[0], key[1], problem)
+        self._events.record(plugin, type="Warning", reason="ProfileRejected",
+                            message=f"node {self.node_name}: {problem}")
 
     def _label_node(self, labels: dict[str, str | None]) -> None:
         changes = {k: v for k, v in labels.items() if self._labels.get(k, "absent") != v}
@@ -170,3 +213,31 @@ class NodeAgent:
                 self._labels.pop(key, None)
             else:
                 self._labels[key] = value
+
+
+def profile_to_install(plugin: dict[str, Any], config_map: dict[str, Any] | None,
+                       expected: str | None) -> tuple[bytes | None, str | None]:
+    """The profile to install for ``plugin`` from ``config_map`` (its operator-written
+    ConfigMap, or None), given ``expected``, the sha256 of the profile the Plugin's
+    sandbox compiles to; or why none is installed.
+
+    Returns (content, None) to install, (None, None) when there is nothing to install
+    yet (no ConfigMap, or a sandbox that does not compile: the operator says why), and
+    (None, problem) for a ConfigMap that must not be believed.
+    """
+    if config_map is None or expected is None:
+        return None, None
+    name = config_map["metadata"].get("name")
+    uid = plugin["metadata"].get("uid")
+    owners = config_map["metadata"].get("ownerReferences") or []
+    if not any(o.get("kind") == "Plugin" and o.get("uid") == uid and o.get("controller")
+               for o in owners if isinstance(o, dict)):
+        return None, f"ConfigMap {name} is not controlled by this Plugin"
+    content = (config_map.get("data") or {}).get("profile.json")
+    if not isinstance(content, str):
+        return None, f"ConfigMap {name} has no profile.json"
+    found = hashlib.sha256(content.encode()).hexdigest()
+    if found != expected:
+        return None, (f"ConfigMap {name} holds a profile of sha256:{found[:16]}, not the "
+                      f"sha256:{expected[:16]} the Plugin's sandbox compiles to")
+    return content.encode(), None

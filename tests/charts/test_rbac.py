@@ -8,7 +8,6 @@ ServiceAccounts' own tokens.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 import uuid
@@ -20,6 +19,7 @@ import pytest
 from kubernetes import client, config
 from pluginguard.operator.cluster import ClusterState
 from pluginguard.operator.node_agent import NodeAgent
+from pluginguard.sandbox import seccomp_profile
 from pluginguard.webhooks.server import WebhookCluster
 
 from pluginguard.names import (
@@ -501,22 +501,21 @@ def test_node_agent_installs_a_profile_as_its_service_account(
     # A webhook registered by another test of this session admits the Plugin once
     # its copy holds the policy.
     deadline = time.monotonic() + 20
+    document = signed("agent", namespace)
     while True:
         try:
-            custom.create_namespaced_custom_object(
-                "pluginguard.dev",
-                "v1alpha1",
-                namespace,
-                "plugins",
-                signed("agent", namespace),
+            created = custom.create_namespaced_custom_object(
+                "pluginguard.dev", "v1alpha1", namespace, "plugins", document
             )
             break
         except client.ApiException as error:
             if error.status not in (400, 403) or time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-    profile = b'{"defaultAction": "SCMP_ACT_ERRNO"}'
-    sha256 = hashlib.sha256(profile).hexdigest()
+    # What the operator writes: the profile the Plugin's sandbox compiles to, in a
+    # ConfigMap the Plugin controls (no operator runs in this module).
+    generated = seccomp_profile(document["spec"]["sandbox"])
+    profile, sha256 = generated.json_bytes, generated.sha256
     core.create_namespaced_config_map(
         namespace,
         {
@@ -524,6 +523,10 @@ def test_node_agent_installs_a_profile_as_its_service_account(
                 "name": profile_config_map("agent"),
                 "labels": {PROFILE_LABEL: "true", PLUGIN_LABEL: "agent"},
                 "annotations": {PROFILE_SHA_ANNOTATION: sha256},
+                "ownerReferences": [{
+                    "apiVersion": "pluginguard.dev/v1alpha1", "kind": "Plugin",
+                    "name": "agent", "uid": created["metadata"]["uid"], "controller": True,
+                }],
             },
             "data": {"profile.json": profile.decode()},
         },

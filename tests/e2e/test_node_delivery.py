@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,44 @@ def test_profile_and_label_go_when_the_plugin_goes(custom, core, namespace, trus
     assert (seccomp_root / "someone-elses.json").read_text() == "{}"
 
 
+
+
+def test_no_configmap_can_put_another_profile_on_the_node(custom, core, namespace, trust_policy,
+                                                          agent, node, seccomp_root) -> None:
+    """Whoever may write ConfigMaps in the namespace cannot choose the profile a node
+    holds for a Plugin: only the one its sandbox compiles to is installed."""
+    create_plugin(custom, signed("guarded", namespace))
+    expected = wait_ready(custom, namespace, "guarded")["status"]["seccomp"]["sha256"]
+    path = seccomp_root / "pluginguard" / namespace / "guarded.json"
+    eventually(path.is_file, what="profile written")
+    allow_all = '{"defaultAction":"SCMP_ACT_ALLOW"}'
+    rogue_sha = hashlib.sha256(allow_all.encode()).hexdigest()
+    rogue = {"metadata": {"name": "zz-rogue", "namespace": namespace,
+                          "labels": {"pluginguard.dev/seccomp-profile": "true",
+                                     "pluginguard.dev/plugin": "guarded"},
+                          "annotations": {"pluginguard.dev/profile-sha256": rogue_sha}},
+             "data": {"profile.json": allow_all}}
+    core.create_namespaced_config_map(namespace, rogue)
+    # The operator's own ConfigMap edited, content and annotation alike.
+    core.patch_namespaced_config_map("pluginguard-profile-guarded", namespace, {
+        "metadata": {"annotations": {"pluginguard.dev/profile-sha256": rogue_sha}},
+        "data": {"profile.json": allow_all}})
+    held = set()
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        held.add(hashlib.sha256(path.read_bytes()).hexdigest())
+        time.sleep(0.05)
+    assert held == {expected}
+    label = node_label(namespace, "guarded")
+    assert node_labels(core, node).get(label) == node_label_value(expected)
+    eventually(lambda: any(e.reason == "ProfileRejected" and "compiles to" in e.message
+                           for e in events_for(core, namespace, "guarded")),
+               what="ProfileRejected event")
+
+    # A deleted ConfigMap does not take the profile off the node while the Plugin stays.
+    core.delete_namespaced_config_map("pluginguard-profile-guarded", namespace)
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert path.is_file()
+        time.sleep(0.05)
+    core.delete_namespaced_config_map("zz-rogue", namespace)
