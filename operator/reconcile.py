@@ -23,6 +23,8 @@ from pluginguard.audit import AuditLog
 from pluginguard.errors import InputError
 from pluginguard.manifest import GROUP, parse_plugin
 from pluginguard.names import (
+    DELIVERIES,
+    NODE_AGENT_DELIVERY,
     PLUGIN_LABEL,
     PROFILE_LABEL,
     PROFILE_SHA_ANNOTATION,
@@ -48,9 +50,8 @@ FIELD_MANAGER = "pluginguard-operator"
 EXPIRY_WARNING = timedelta(days=14)
 # How profiles reach the nodes: PluginGuard's node agent reads the profile ConfigMaps;
 # the Security Profiles Operator reads its own SeccompProfile objects.
-NODE_AGENT = "node-agent"
+NODE_AGENT = NODE_AGENT_DELIVERY
 SECURITY_PROFILES_OPERATOR = SPO_DELIVERY
-DELIVERIES = (NODE_AGENT, SECURITY_PROFILES_OPERATOR)
 
 
 @dataclass

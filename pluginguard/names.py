@@ -23,6 +23,9 @@ SPO_GROUP = "security-profiles-operator.x-k8s.io"
 SPO_VERSION = "v1beta1"
 SPO_INSTALLED = "Installed"  # its status.status once every node holds the profile
 SPO_DELIVERY = "security-profiles-operator"  # status.seccomp.delivery of such Plugins
+# Who puts profiles on the nodes: PluginGuard's node agent, or that project.
+NODE_AGENT_DELIVERY = "node-agent"
+DELIVERIES = (NODE_AGENT_DELIVERY, SPO_DELIVERY)
 
 
 def profile_path(namespace: str, name: str) -> str:
@@ -52,6 +55,17 @@ def spo_profile_path(namespace: str, name: str) -> str:
     """Where the Security Profiles Operator puts that profile under the kubelet's
     seccomp root (``operator/<name>.json`` for a cluster-scoped SeccompProfile)."""
     return f"operator/{spo_profile_name(namespace, name)}.json"
+
+
+def localhost_profile(namespace: str, name: str, delivery: str) -> str:
+    """The ``localhostProfile`` of Plugin ``namespace/name``'s pods under ``delivery``.
+
+    Derived from the Plugin's identity alone, never from its status, which more people
+    may be able to write than its spec.
+    """
+    if delivery == SPO_DELIVERY:
+        return spo_profile_path(namespace, name)
+    return profile_path(namespace, name)
 
 
 def node_label(namespace: str, name: str) -> str:

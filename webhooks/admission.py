@@ -17,11 +17,13 @@ from pluginguard.errors import InputError
 from pluginguard.manifest import parse_plugin
 from pluginguard.names import (
     ENFORCE_LABEL,
+    NODE_AGENT_DELIVERY,
     PLUGIN_LABEL,
     SPO_DELIVERY,
+    localhost_profile,
     node_label,
     node_label_value,
-    profile_path,
+    spo_profile_name,
 )
 from pluginguard.policy import TrustPolicy
 from pluginguard.sandbox import (
@@ -52,7 +54,13 @@ _TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
 
 
 class Cluster(Protocol):
-    """What a decision needs to know of the cluster; answered from memory."""
+    """What a decision needs to know of the cluster; answered from memory.
+
+    ``delivery`` says who puts profiles on the nodes (``NODE_AGENT_DELIVERY`` or
+    ``SPO_DELIVERY``), as the webhook was started.
+    """
+
+    delivery: str
 
     def plugin(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
@@ -61,7 +69,8 @@ class Cluster(Protocol):
     def verdict(self, plugin: dict[str, Any]) -> Verdict: ...
 
     def pod_rules(self, plugin: dict[str, Any]) -> PodRules | InputError:
-        """plugin_pod_rules(plugin), which a cluster may keep per Plugin version."""
+        """plugin_pod_rules(plugin, delivery=self.delivery), which a cluster may keep
+        per Plugin version."""
 
     def policies(self) -> list[TrustPolicy]: ...
 
@@ -92,17 +101,23 @@ class Decision:
 
 
 def admission_view(plugin: dict[str, Any]) -> dict[str, Any]:
-    """The part of a stored Plugin that admission decisions read: its identity, spec,
-    and the profile and limits the operator published. The webhook keeps only this of
-    each Plugin (a Plugin as stored, conditions and annotations included, is several
-    times larger)."""
+    """The part of a stored Plugin that admission decisions read: its identity and spec,
+    and whether the Security Profiles Operator reports its profile installed. The
+    webhook keeps only this of each Plugin (a Plugin as stored, conditions and
+    annotations included, is several times larger).
+
+    Nothing that decides what a pod must look like comes from the status: the status
+    subresource is writable by more people than the spec, whose changes this webhook
+    sees. The profile path, its sha256 and the limits follow from the spec."""
     metadata = plugin.get("metadata") or {}
-    status = plugin.get("status") or {}
-    return {
+    seccomp = (plugin.get("status") or {}).get("seccomp") or {}
+    view = {
         **{key: plugin[key] for key in ("apiVersion", "kind", "spec") if key in plugin},
         "metadata": {key: metadata[key] for key in _VIEW_METADATA if key in metadata},
-        "status": {key: status[key] for key in ("seccomp", "limits") if key in status},
     }
+    if isinstance(seccomp, Mapping) and "installed" in seccomp:
+        view["status"] = {"seccomp": {"installed": seccomp["installed"]}}
+    return view
 
 
 _VIEW_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "labels")
@@ -171,9 +186,9 @@ def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
         decision = _enforced(message, verdict, plugin=plugin)
         if not decision.allowed:
             return decision
-        warnings = decision.warnings
+        warnings, unverified = decision.warnings, message
     else:
-        warnings = []
+        warnings, unverified = [], ""
 
     spec = template.get("spec")
     if not isinstance(spec, Mapping) or not isinstance(spec.get("containers"), list) \
@@ -182,14 +197,16 @@ def review_pod(request: Mapping[str, Any], cluster: Cluster, *,
                         reason="PodViolatesSandbox", plugin=plugin, verdict=verdict)
     violations = list(_image_violations(spec, plugin))
     violations += _sandbox_violations(spec, plugin, cluster)
-    if kind == "Pod":  # a template may wait; its pods are judged when they are created
+    if kind == "Pod" and cluster.delivery == SPO_DELIVERY:
+        # A template may wait; its pods are judged when they are created.
         violations += _profile_missing(plugin)
     if violations:
         return Decision(False, f"PluginGuard: {what} breaks the sandbox of Plugin "
                                f"{namespace}/{name}: " + "; ".join(violations),
                         reason="PodViolatesSandbox", plugin=plugin, verdict=verdict)
-    return Decision(True, reason=verdict.reason.value, warnings=warnings, plugin=plugin,
-                    verdict=verdict, audit=bool(warnings) or not verdict.verified)
+    # Under warn and audit, the message says what was let through (the Event records it).
+    return Decision(True, unverified, reason=verdict.reason.value, warnings=warnings,
+                    plugin=plugin, verdict=verdict, audit=bool(warnings) or not verdict.verified)
 
 
 def _enforced(message: str, verdict: Verdict, *, plugin: dict[str, Any]) -> Decision:
@@ -306,21 +323,26 @@ def _sandbox_violations(spec: Mapping[str, Any], plugin: dict[str, Any],
 def _profile_missing(plugin: Mapping[str, Any]) -> list[str]:
     """The Security Profiles Operator installs profiles on every node at its own pace; a
     pod started before it reports the profile installed could land on a node without it.
-    (The node agent's profiles are awaited by the node affinity the mutation adds.)"""
+    (The node agent's profiles are awaited by the node affinity the mutation adds.)
+
+    Only the wait is read from the status: a forged ``installed`` lets a pod start early
+    and fail for want of its profile, never run under another one."""
     seccomp = (plugin.get("status") or {}).get("seccomp") or {}
-    if seccomp.get("delivery") == SPO_DELIVERY and seccomp.get("installed") is not True:
-        return [f"its seccomp profile {seccomp.get('localhostProfile')} is not installed on the "
-                f"nodes yet (SeccompProfile {seccomp.get('seccompProfile')}); create the pod once "
-                "the Plugin is Ready"]
-    return []
+    if seccomp.get("installed") is True:
+        return []
+    metadata = plugin.get("metadata") or {}
+    namespace, name = str(metadata.get("namespace", "default")), str(metadata.get("name"))
+    return [f"its seccomp profile {localhost_profile(namespace, name, SPO_DELIVERY)} is not "
+            f"installed on the nodes yet (SeccompProfile {spo_profile_name(namespace, name)}); "
+            "create the pod once the Plugin is Ready"]
 
 
-def plugin_pod_rules(plugin: Mapping[str, Any]) -> PodRules | InputError:
+def plugin_pod_rules(plugin: Mapping[str, Any], *,
+                     delivery: str = NODE_AGENT_DELIVERY) -> PodRules | InputError:
     """The rules every pod of ``plugin`` must follow, or why its sandbox does not compile."""
     metadata = plugin.get("metadata") or {}
-    status = plugin.get("status") or {}
-    path = (status.get("seccomp") or {}).get("localhostProfile") or profile_path(
-        metadata.get("namespace", "default"), str(metadata.get("name")))
+    path = localhost_profile(str(metadata.get("namespace", "default")),
+                             str(metadata.get("name")), delivery)
     try:
         return pod_rules((plugin.get("spec") or {}).get("sandbox") or {}, profile_path=path)
     except InputError as error:
@@ -328,8 +350,8 @@ def plugin_pod_rules(plugin: Mapping[str, Any]) -> PodRules | InputError:
 
 
 def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:
-    """Complete a plugin pod from its Plugin: a required node affinity on nodes that hold
-    the current profile, and the seccompProfile, runAsNonRoot and limits where the pod
+    """Complete a plugin pod from its Plugin's spec: a required node affinity on nodes
+    that hold its profile, and the seccompProfile, runAsNonRoot and limits where the pod
     has none.
 
     Never refuses: the validating endpoint judges the result.
@@ -340,18 +362,16 @@ def mutate_pod(request: Mapping[str, Any], cluster: Cluster) -> Decision:
     plugin = cluster.plugin(namespace, name) if name else None
     if plugin is None or (request.get("kind") or {}).get("kind") != "Pod":
         return Decision(True, reason="NotMutated")
-    status = plugin.get("status") or {}
-    sha256 = (status.get("seccomp") or {}).get("sha256")
-    if not sha256:
-        return Decision(True, reason="ProfileNotReady")
+    rules = cluster.pod_rules(plugin)
+    if isinstance(rules, InputError):
+        return Decision(True, reason="NotMutated")  # the validating endpoint says why
     spec = pod.get("spec") or {}
     patch: list[dict[str, Any]] = []
-    if status["seccomp"].get("delivery") != SPO_DELIVERY:  # that project labels no nodes
-        patch += _affinity_patch(spec, node_label(namespace, name), node_label_value(sha256))
-    patch += _security_context_patch(spec, status["seccomp"].get("localhostProfile")
-                                     or profile_path(namespace, name))
-    limits = (status.get("limits") or {})
-    patch += _limits_patch(spec, {k: limits[k] for k in ("memory", "cpu") if limits.get(k)})
+    if cluster.delivery == NODE_AGENT_DELIVERY:  # the other project labels no nodes
+        patch += _affinity_patch(spec, node_label(namespace, name),
+                                 node_label_value(rules.profile_sha256))
+    patch += _security_context_patch(spec, rules.profile_path)
+    patch += _limits_patch(spec, rules.limits.kubernetes())
     return Decision(True, reason="Mutated" if patch else "NotMutated", patch=patch or None)
 
 

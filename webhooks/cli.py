@@ -31,6 +31,10 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--kubeconfig", help="default: $KUBECONFIG, else in-cluster")
     serve.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE"),
                        help="the webhook's own namespace, exempt from pod checks")
+    serve.add_argument("--profile-delivery", choices=["node-agent", "security-profiles-operator"],
+                       default="node-agent",
+                       help="how seccomp profiles reach the nodes, as the operator was told: "
+                            "the pods' profile path and node affinity follow from it")
     serve.add_argument("--log-format", choices=["text", "json"], default="json")
     audit.add_arguments(serve)
     alerts.add_arguments(serve)
@@ -67,7 +71,7 @@ def _serve(args: argparse.Namespace) -> int:
     audit_log = audit.from_arguments(args, component="webhook")
     notifier = alerts.from_arguments(args)
     state = ClusterState(api, plugin_view=admission_view).start()
-    app = make_app(WebhookCluster(state), events=EventRecorder(api, component="pluginguard-webhook"),
+    app = make_app(WebhookCluster(state, delivery=args.profile_delivery), events=EventRecorder(api, component="pluginguard-webhook"),
                    own_namespace=args.namespace, collectors=[serving.collector()],
                    audit=audit_log, alerts=notifier)
     app.cleanup_ctx.append(keep_current(serving, refresh, interval=args.tls_refresh_seconds,

@@ -31,6 +31,7 @@ from pluginguard.alerts import Alert, Event, Notifier
 from pluginguard.audit import AuditLog
 from pluginguard.errors import InputError
 from pluginguard.manifest import parse_plugin
+from pluginguard.names import DELIVERIES, NODE_AGENT_DELIVERY
 from pluginguard.policy import TrustPolicy
 from pluginguard.sandbox import PodRules
 from pluginguard.verdict import Reason, Verdict
@@ -87,8 +88,11 @@ class WebhookCluster:
     """The admission logic's view of the cluster, over ClusterState and VerdictCache."""
 
     def __init__(self, state: ClusterState, cache: VerdictCache | None = None, *,
-                 rules_capacity: int = 100_000) -> None:
+                 rules_capacity: int = 100_000, delivery: str = NODE_AGENT_DELIVERY) -> None:
+        if delivery not in DELIVERIES:
+            raise ValueError(f"delivery must be one of {', '.join(DELIVERIES)}, not {delivery!r}")
         self.state = state
+        self.delivery = delivery
         self.cache = cache or VerdictCache()
         self.rules_capacity = rules_capacity
         # Per Plugin: the resourceVersion its pod rules were compiled from, and them.
@@ -110,13 +114,13 @@ class WebhookCluster:
         metadata = plugin.get("metadata") or {}
         version = metadata.get("resourceVersion")
         if version is None:
-            return plugin_pod_rules(plugin)
+            return plugin_pod_rules(plugin, delivery=self.delivery)
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         found = self._rules.get(key)
         if found is not None and found[0] == version:
             self._rules.move_to_end(key)
             return found[1]
-        rules = plugin_pod_rules(plugin)
+        rules = plugin_pod_rules(plugin, delivery=self.delivery)
         self._rules[key] = (version, rules)
         self._rules.move_to_end(key)
         while len(self._rules) > self.rules_capacity:

@@ -10,6 +10,7 @@ else about them (rules, object selectors, failure policy) is as rendered.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import socket
 import ssl
@@ -155,6 +156,37 @@ def _delete_configurations(api: client.ApiClient) -> None:
                 raise
 
 
+@contextlib.contextmanager
+def _other_configurations_set_aside(api: client.ApiClient) -> Iterator[None]:
+    """Take every other PluginGuard webhook configuration (the end-to-end tests' own)
+    away while this module runs: what it shows is what this release's webhook answers,
+    or fails to, and another webhook answering the same objects would decide first."""
+    registration = client.AdmissionregistrationV1Api(api)
+    kinds = (
+        (registration.list_validating_webhook_configuration,
+         registration.delete_validating_webhook_configuration,
+         registration.create_validating_webhook_configuration),
+        (registration.list_mutating_webhook_configuration,
+         registration.delete_mutating_webhook_configuration,
+         registration.create_mutating_webhook_configuration),
+    )
+    kept = []
+    for listing, delete, create in kinds:
+        for configuration in listing().items:
+            hooks = configuration.webhooks or []
+            if configuration.metadata.name != NAME and any(
+                    h.name.endswith(".pluginguard.dev") for h in hooks):
+                delete(configuration.metadata.name)
+                configuration.metadata.resource_version = None
+                configuration.metadata.uid = None
+                kept.append((create, configuration))
+    try:
+        yield
+    finally:
+        for create, configuration in kept:
+            create(configuration)
+
+
 @pytest.fixture(scope="module")
 def installation(
     api_client: client.ApiClient,
@@ -192,13 +224,14 @@ def installation(
     setup.ports["api-server-target"] = port
     _delete_configurations(api_client)
     setup.configurations = _configurations(objects, f"https://127.0.0.1:{port}")
-    apply(api_client, setup.configurations)
-    try:
-        yield setup
-    finally:
-        for component in setup.replicas.values():
-            component.stop(grace=5.0)
-        _delete_configurations(api_client)
+    with _other_configurations_set_aside(api_client):
+        apply(api_client, setup.configurations)
+        try:
+            yield setup
+        finally:
+            for component in setup.replicas.values():
+                component.stop(grace=5.0)
+            _delete_configurations(api_client)
 
 
 class SecretWrites:

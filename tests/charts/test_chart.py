@@ -193,6 +193,8 @@ def test_admission_sends_only_plugin_pods_and_enforced_namespaces() -> None:
     assert resources == {
         ("", "pods"),
         ("", "pods/ephemeralcontainers"),
+        ("", "pods/resize"),
+        ("", "replicationcontrollers"),
         ("apps", "deployments"),
         ("apps", "statefulsets"),
         ("apps", "daemonsets"),
@@ -351,8 +353,10 @@ def test_security_profiles_operator_delivery_replaces_the_node_agent() -> None:
     objects = render(values=OPTIONS["security-profiles-operator"])
     assert not find(objects, "DaemonSet")
     assert not any(o["metadata"]["name"].endswith("node-agent") for o in objects)
-    operator = next(o for o in find(objects, "Deployment") if o["metadata"]["name"].endswith("operator"))
-    assert _flag(_container(operator), "profile-delivery") == ["security-profiles-operator"]
+    for deployable in ("operator", "webhook"):  # they must agree on where profiles are
+        deployment = next(o for o in find(objects, "Deployment")
+                          if o["metadata"]["name"].endswith(deployable))
+        assert _flag(_container(deployment), "profile-delivery") == ["security-profiles-operator"]
     role = next(o for o in find(objects, "ClusterRole") if o["metadata"]["name"].endswith("operator"))
     granted = {(group, resource): set(rule["verbs"]) for rule in role["rules"]
                for group in rule["apiGroups"] for resource in rule["resources"]}
@@ -361,9 +365,10 @@ def test_security_profiles_operator_delivery_replaces_the_node_agent() -> None:
     assert ("", "configmaps") not in granted  # no profile ConfigMaps to write
 
     default = render()
-    assert _flag(_container(next(o for o in find(default, "Deployment")
-                                 if o["metadata"]["name"].endswith("operator"))),
-                 "profile-delivery") == ["node-agent"]
+    for deployable in ("operator", "webhook"):
+        assert _flag(_container(next(o for o in find(default, "Deployment")
+                                     if o["metadata"]["name"].endswith(deployable))),
+                     "profile-delivery") == ["node-agent"]
 
 
 def test_a_single_webhook_replica_gets_no_disruption_budget() -> None:

@@ -39,12 +39,6 @@ CHART_ACCOUNTS = {
     "operator": "pluginguard-operator",
     "node-agent": "pluginguard-node-agent",
 }
-WORKLOADS = [
-    ("", "v1", "pods"),
-    ("apps", "v1", "deployments"), ("apps", "v1", "statefulsets"),
-    ("apps", "v1", "daemonsets"), ("apps", "v1", "replicasets"),
-    ("batch", "v1", "jobs"), ("batch", "v1", "cronjobs"),
-]
 
 
 def install_crds(api: client.ApiClient, *, timeout: float = 30.0,
@@ -122,7 +116,7 @@ class LocalPluginGuard:
         self.register_webhook()
         return self
 
-    def start_webhook(self) -> None:
+    def start_webhook(self, *, arguments: Sequence[str] = ()) -> None:
         served = self._ca.issue_cert("127.0.0.1", "localhost")
         cert, key = self.directory / "webhook.crt", self.directory / "webhook.key"
         served.cert_chain_pems[0].write_to_path(str(cert))
@@ -132,7 +126,7 @@ class LocalPluginGuard:
         self.webhook = self._component("webhook", [
             "webhook", "serve", "--tls-cert", str(cert), "--tls-key", str(key),
             "--host", "127.0.0.1", "--port", str(self.port),
-            "--namespace", SYSTEM_NAMESPACE, "--log-format", "text"])
+            "--namespace", SYSTEM_NAMESPACE, "--log-format", "text", *arguments])
         self.wait_webhook_ready()
 
     def outranking_priority(self) -> int:
@@ -188,58 +182,27 @@ class LocalPluginGuard:
         return self._ca.cert_pem.bytes()
 
     def register_webhook(self) -> None:
-        """A ValidatingWebhookConfiguration as the chart installs it, on loopback."""
+        """The chart's own Validating- and MutatingWebhookConfiguration, pointed at the
+        webhook on loopback: the same rules and selectors a cluster gets."""
         bundle = base64.b64encode(self.ca_pem).decode()
-        exempt = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                        "values": ["kube-system", SYSTEM_NAMESPACE]}]}
-
-        def hook(name: str, path: str, rules: list[dict[str, Any]], **selectors: Any) -> dict[str, Any]:
-            return {
-                "name": name, "admissionReviewVersions": ["v1"], "sideEffects": "NoneOnDryRun",
-                "failurePolicy": "Fail", "matchPolicy": "Equivalent", "timeoutSeconds": 5,
-                "clientConfig": {"url": f"{self.url}{path}", "caBundle": bundle},
-                "rules": rules, "namespaceSelector": exempt, **selectors,
-            }
-
-        workload_rules = [{"apiGroups": [g], "apiVersions": [v], "resources": [r],
-                           "operations": ["CREATE", "UPDATE"]} for g, v, r in WORKLOADS]
-        # kubectl debug adds ephemeral containers through a subresource of its own.
-        workload_rules[0]["resources"].append("pods/ephemeralcontainers")
-        configuration = {
-            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingWebhookConfiguration",
-            "metadata": {"name": WEBHOOK_NAME},
-            "webhooks": [
-                hook("plugins.pluginguard.dev", "/validate/plugins", [{
-                    "apiGroups": ["pluginguard.dev"], "apiVersions": ["v1alpha1"],
-                    "resources": ["plugins"], "operations": ["CREATE", "UPDATE"]}]),
-                hook("pods.pluginguard.dev", "/validate/pods", workload_rules),
-            ],
-        }
-        mutating = {
-            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-            "metadata": {"name": WEBHOOK_NAME},
-            "webhooks": [{
-                **hook("mutate-pods.pluginguard.dev", "/mutate/pods", [{
-                    "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"],
-                    "operations": ["CREATE"]}]),
-                "objectSelector": {"matchExpressions": [
-                    {"key": "pluginguard.dev/plugin", "operator": "Exists"}]},
-                "reinvocationPolicy": "IfNeeded",
-            }],
-        }
         registration = client.AdmissionregistrationV1Api(self.api)
-        for delete, create, body in (
-            (registration.delete_validating_webhook_configuration,
-             registration.create_validating_webhook_configuration, configuration),
-            (registration.delete_mutating_webhook_configuration,
-             registration.create_mutating_webhook_configuration, mutating),
+        rendered = render(release=RELEASE, namespace=SYSTEM_NAMESPACE)
+        for kind, delete, create in (
+            ("ValidatingWebhookConfiguration", registration.delete_validating_webhook_configuration,
+             registration.create_validating_webhook_configuration),
+            ("MutatingWebhookConfiguration", registration.delete_mutating_webhook_configuration,
+             registration.create_mutating_webhook_configuration),
         ):
+            configuration = next(o for o in rendered if o["kind"] == kind)
+            for hook in configuration["webhooks"]:
+                path = hook["clientConfig"]["service"]["path"]
+                hook["clientConfig"] = {"url": f"{self.url}{path}", "caBundle": bundle}
             try:
                 delete(WEBHOOK_NAME)
             except client.ApiException as error:
                 if error.status != 404:
                     raise
-            create(body)
+            create(configuration)
 
     def unregister_webhook(self) -> None:
         """Remove both webhook configurations: the break-glass step of an outage."""

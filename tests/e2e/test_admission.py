@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -152,9 +153,12 @@ def test_deployment_with_a_bad_template_is_denied(pluginguard, custom, namespace
     create_plugin(custom, signed("deployed", namespace))
     wait_ready(custom, namespace, "deployed")
     template = plugin_pod("x", namespace, "deployed", image=f"{IMAGE}:latest")
+    # The chart's webhook configuration selects a workload by its own labels, so the
+    # plugin label goes on the Deployment too (as the README says).
     deployment = {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "ratelimit", "namespace": namespace},
+        "metadata": {"name": "ratelimit", "namespace": namespace,
+                     "labels": template["metadata"]["labels"]},
         "spec": {"replicas": 1, "selector": {"matchLabels": template["metadata"]["labels"]},
                  "template": {"metadata": {"labels": template["metadata"]["labels"]},
                               "spec": template["spec"]}},
@@ -213,9 +217,10 @@ def test_warn_and_audit_modes(pluginguard, custom, core, kubectl: Path, tmp_path
                                  "-f", str(manifest)], capture_output=True, text=True, timeout=60)
         return result.returncode == 0 and "Warning:" not in result.stderr
     eventually(audited, what="audit mode: allowed without a warning")
-    eventually(lambda: any(e.reason == "PodAdmittedUnverified"
+    eventually(lambda: any(e.reason == "PodAdmittedUnverified" and "audited-" in e.message
+                           and "SignatureMissing" in e.message
                            for e in events_for(core, namespace, "unsigned")),
-               what="an Event records the audited pod")
+               what="an Event records the audited pod, naming it and why")
     custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
                                        {"spec": {"enforcement": "enforce"}})
     pod = plugin_pod("enforced", namespace, "unsigned")
@@ -251,6 +256,48 @@ def test_changing_the_policy_reverifies_existing_plugins(pluginguard, custom, na
     wait_ready(custom, namespace, "reverified")
 
 
+def test_an_unreadable_reference_does_not_stop_admission(pluginguard, custom, core, namespace,
+                                                         trust_policy) -> None:
+    """A policy naming a Secret the webhook may not read (a typo) loses that entry only:
+    decisions go on, in its namespaces and in others, and no watch of the typo lingers
+    once it is fixed."""
+    other = f"other-{uuid.uuid4().hex[:6]}"
+    ensure_namespace(pluginguard.api, other)
+    custom.create_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", policy(
+        f"e2e-{other}", namespaceSelector={"matchLabels": {"kubernetes.io/metadata.name": other}},
+        trustedKeys=[{"name": "release", "publicKey": public_pem(KEY)}]))
+    for where in (namespace, other):
+        create_plugin(custom, signed("steady", where))
+        wait_ready(custom, where, "steady")
+    name = trust_policy["metadata"]["name"]
+    keys_before = custom.get_cluster_custom_object(
+        GROUP, VERSION, "plugintrustpolicies", name)["spec"]["trustedKeys"]
+    typo = {"name": "typo", "secretRef": {"namespace": "pluginguard-system", "name": "typo",
+                                          "key": "release.pub"}}
+    custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
+                                       {"spec": {"trustedKeys": [*keys_before, typo]}})
+
+    def typo_failures() -> int:
+        log = pluginguard.webhook.log_path.read_text()
+        return sum(1 for line in log.splitlines() if "watch secret-pluginguard-system-typo" in line)
+
+    try:
+        eventually(lambda: typo_failures() > 0, what="the webhook refused the typo's watch")
+        # Past the staleness bound (2 s) a stuck watch would have turned every allow down.
+        for attempt in range(4):
+            for where in (namespace, other):
+                core.create_namespaced_pod(where, plugin_pod(f"ok-{attempt}", where, "steady"),
+                                           dry_run="All")
+            time.sleep(1.0)
+    finally:
+        custom.patch_cluster_custom_object(GROUP, VERSION, "plugintrustpolicies", name,
+                                           {"spec": {"trustedKeys": keys_before}})
+    time.sleep(1.0)
+    before = typo_failures()
+    time.sleep(2.5)  # a lingering watch would fail again within a second
+    assert typo_failures() == before
+
+
 def test_debug_containers_and_relabelling_cannot_escape(core, custom, namespace, trust_policy) -> None:
     create_plugin(custom, signed("escape", namespace))
     wait_ready(custom, namespace, "escape")
@@ -262,6 +309,41 @@ def test_debug_containers_and_relabelling_cannot_escape(core, custom, namespace,
     unlabel = {"metadata": {"labels": {"pluginguard.dev/plugin": None}}}
     error = refusal(lambda: core.patch_namespaced_pod("target", namespace, unlabel))
     assert error.status == 403 and "cannot be removed or changed" in error.body
+
+
+def test_resizing_a_plugin_pod_beyond_its_limits_is_refused(core, custom, namespace,
+                                                            trust_policy) -> None:
+    create_plugin(custom, signed("resized", namespace))
+    wait_ready(custom, namespace, "resized")
+    core.create_namespaced_pod(namespace, plugin_pod("resized", namespace, "resized"))
+    larger = {"spec": {"containers": [{"name": "app", "resources": {
+        "limits": {"memory": "8Gi", "cpu": "500m"}, "requests": {"memory": "8Gi"}}}]}}
+    error = refusal(lambda: core.patch_namespaced_pod_resize("resized", namespace, larger))
+    assert error.status == 403 and "limits.memory 8Gi is above the plugin's 256Mi" in error.body
+
+
+def test_a_forged_status_does_not_weaken_the_pods(custom, core, namespace, trust_policy) -> None:
+    """Whoever may write a Plugin's status cannot point its pods at another profile."""
+    create_plugin(custom, signed("forged", namespace))
+    wait_ready(custom, namespace, "forged")
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, "plugins", "forged", {
+        "status": {"seccomp": {"localhostProfile": "profiles/unconfined.json", "sha256": "0" * 64},
+                   "limits": {"memory": "8Gi", "cpu": "8"}}})
+    weak = plugin_pod("weak", namespace, "forged")
+    weak["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"] = \
+        "profiles/unconfined.json"
+    error = refusal(lambda: core.create_namespaced_pod(namespace, weak, dry_run="All"))
+    assert error.status == 403
+    assert f'must be Localhost "pluginguard/{namespace}/forged.json"' in error.body
+    bare = plugin_pod("bare", namespace, "forged")
+    del bare["spec"]["containers"][0]["securityContext"]["seccompProfile"]
+    del bare["spec"]["containers"][0]["resources"]
+    created = core.create_namespaced_pod(namespace, bare, dry_run="All")
+    assert created.spec.security_context.seccomp_profile.localhost_profile == \
+        f"pluginguard/{namespace}/forged.json"
+    assert created.spec.containers[0].resources.limits == {"memory": "256Mi", "cpu": "500m"}
+    label = created.spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution
+    assert label.node_selector_terms[0].match_expressions[0].values != ["0" * 63]
 
 
 def test_a_deleted_or_edited_owned_object_is_restored(pluginguard, core, custom, namespace,

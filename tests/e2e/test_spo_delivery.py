@@ -4,8 +4,8 @@ which the API server validates against the project's own CRD, and plugin pods wa
 until the project reports the profile installed on every node.
 
 No Security Profiles Operator runs here; the tests write the status its daemon would.
-The module stops the session's operator and runs one in this mode, then puts the
-session's operator back.
+The module stops the session's operator and webhook and runs them in this mode, then
+puts the session's back.
 """
 
 from __future__ import annotations
@@ -39,6 +39,12 @@ pytestmark = pytest.mark.e2e
 DELIVERY = {"profileDelivery": "security-profiles-operator"}
 
 
+def restart_webhook(pluginguard, arguments: list[str]) -> None:
+    assert pluginguard.webhook is not None
+    pluginguard.webhook.stop(grace=10.0)
+    pluginguard.start_webhook(arguments=arguments)
+
+
 @pytest.fixture(scope="module")
 def spo_operator(pluginguard, trust_policy) -> Iterator[Any]:
     install_crds(pluginguard.api, files=[seccomp_profile_crd()])
@@ -47,13 +53,15 @@ def spo_operator(pluginguard, trust_policy) -> Iterator[Any]:
         replica.stop(grace=10.0)
         pluginguard.operators.remove(replica)
     pluginguard.install_rbac(values=DELIVERY)  # the chart's RBAC for this mode
-    operator = pluginguard.start_operator(
-        name="operator-spo", arguments=["--profile-delivery", "security-profiles-operator"])
+    mode = ["--profile-delivery", "security-profiles-operator"]
+    restart_webhook(pluginguard, mode)  # the webhook and the operator must agree
+    operator = pluginguard.start_operator(name="operator-spo", arguments=mode)
     try:
         yield operator
     finally:
         operator.stop(grace=10.0)
         pluginguard.operators.remove(operator)
+        restart_webhook(pluginguard, [])
         pluginguard.install_rbac()
         custom = client.CustomObjectsApi(pluginguard.api)
         for profile in custom.list_cluster_custom_object(

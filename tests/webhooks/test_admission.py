@@ -12,11 +12,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pluginguard.keys import generate_private_key
 from pluginguard.errors import InputError
 from pluginguard.manifest import parse_plugin
+from pluginguard.names import NODE_AGENT_DELIVERY, SPO_DELIVERY
 from pluginguard.policy import NoMaterial, TrustPolicy, compile_policy
 from pluginguard.signing import sign_manifest
 from pluginguard.verdict import Verdict
 from pluginguard.verify import verify_plugin
-from pluginguard.sandbox import PodRules
+from pluginguard.sandbox import PodRules, seccomp_profile
 from pluginguard.webhooks.admission import plugin_pod_rules, review
 from tests.plugin_factory import DIGEST, plugin, policy
 
@@ -32,7 +33,9 @@ IMAGE = "registry.example/hkp/ratelimit"
 class FakeCluster:
     """The admission logic's view of a cluster, held in plain dicts."""
 
-    def __init__(self, *policy_docs: dict[str, Any], enforce: bool = False) -> None:
+    def __init__(self, *policy_docs: dict[str, Any], enforce: bool = False,
+                 delivery: str = NODE_AGENT_DELIVERY) -> None:
+        self.delivery = delivery
         self._policies = [compile_policy(p, material=NoMaterial()) for p in policy_docs]
         self.plugins: dict[tuple[str, str], dict[str, Any]] = {}
         self.labels = {"hkp": {"pluginguard.dev/enforce": "true"} if enforce else {}}
@@ -62,7 +65,7 @@ class FakeCluster:
         )
 
     def pod_rules(self, document: dict[str, Any]) -> PodRules | InputError:
-        return plugin_pod_rules(document)
+        return plugin_pod_rules(document, delivery=self.delivery)
 
 
 def trusted(**spec: Any) -> dict[str, Any]:
@@ -225,6 +228,9 @@ def test_warn_and_audit_allow_an_unverified_plugin(
     decision = decide(cluster, good_pod())
     assert decision.allowed and decision.audit
     assert bool(decision.warnings) is warned
+    # What the Event on the Plugin says: which pod was let through, and why it was not trusted.
+    assert decision.message.startswith("PluginGuard: Pod hkp/rl-1: Plugin hkp/ratelimit is not "
+                                       "trusted: SignatureMissing")
     response = decision.response("u")["response"]
     assert ("warnings" in response) is warned
 
@@ -300,10 +306,14 @@ def test_a_malformed_pod_is_denied_not_crashed() -> None:
 
 def ready_plugin(cluster: FakeCluster) -> dict[str, Any]:
     document = cluster.add(signed_plugin())
-    document["status"] = {"seccomp": {"sha256": "f" * 64,
+    document["status"] = {"seccomp": {"sha256": profile_sha256(document),
                                       "localhostProfile": "pluginguard/hkp/ratelimit.json"},
                           "limits": {"memory": "256Mi", "cpu": "500m"}}
     return document
+
+
+def profile_sha256(document: dict[str, Any]) -> str:
+    return seccomp_profile(document["spec"]["sandbox"]).sha256
 
 
 def apply_patch(obj: dict[str, Any], patch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -338,8 +348,33 @@ def test_mutation_completes_a_bare_plugin_pod_and_the_result_validates() -> None
     assert mutated["spec"]["securityContext"]["runAsNonRoot"] is True
     assert mutated["spec"]["containers"][0]["resources"]["limits"] == {"memory": "256Mi", "cpu": "500m"}
     term = mutated["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
-    assert term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["f" * 63]
+    assert term["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == [
+        profile_sha256(cluster.plugin("hkp", "ratelimit") or {})[:63]]
     assert decide(cluster, mutated).allowed
+
+
+def test_a_forged_status_changes_nothing_a_pod_must_do() -> None:
+    """The status subresource may be writable by people who cannot change the spec:
+    the profile path, the node label and the limits follow from the spec alone."""
+    cluster = FakeCluster(trusted())
+    document = ready_plugin(cluster)
+    honest = decide(cluster, good_pod(), "mutate-pods").patch
+    document["status"] = {"seccomp": {"sha256": "0" * 64,
+                                      "localhostProfile": "profiles/unconfined.json"},
+                          "limits": {"memory": "8Gi", "cpu": "8"}}
+    assert decide(cluster, good_pod(), "mutate-pods").patch == honest
+    assert decide(cluster, good_pod()).allowed  # the honest profile path is still the rule
+    weak = good_pod()
+    weak["spec"]["containers"][0]["securityContext"]["seccompProfile"]["localhostProfile"] = \
+        "profiles/unconfined.json"
+    refused = decide(cluster, weak)
+    assert not refused.allowed and 'must be Localhost "pluginguard/hkp/ratelimit.json"' in \
+        refused.message
+    bare = good_pod()
+    del bare["spec"]["containers"][0]["resources"]
+    mutated = apply_patch(bare, decide(cluster, bare, "mutate-pods").patch or [])
+    assert mutated["spec"]["containers"][0]["resources"]["limits"] == {"memory": "256Mi",
+                                                                       "cpu": "500m"}
 
 
 def test_mutation_keeps_a_pods_own_run_as_non_root_and_validation_refuses_false() -> None:
@@ -368,13 +403,18 @@ def test_mutation_joins_every_existing_affinity_term() -> None:
                for t in terms)
 
 
-def test_mutation_leaves_pods_of_unready_plugins_and_other_pods_alone() -> None:
+def test_mutation_leaves_other_pods_and_uncompilable_plugins_alone() -> None:
     cluster = FakeCluster(trusted())
-    cluster.add(signed_plugin())  # no status yet: the operator has not generated a profile
-    assert decide(cluster, good_pod(), "mutate-pods").patch is None
+    broken = signed_plugin()
+    broken["spec"]["sandbox"]["seccomp"]["allow"] = ["definitely_not_a_syscall"]
+    cluster.add(broken)
+    bare = good_pod()
+    del bare["spec"]["containers"][0]["securityContext"]["seccompProfile"]
+    assert decide(cluster, bare, "mutate-pods").patch is None  # the validation says why
+    assert not decide(cluster, bare).allowed
     other = good_pod()
     del other["metadata"]["labels"]
-    assert decide(cluster, other, "mutate-pods").patch is None
+    assert decide(FakeCluster(trusted()), other, "mutate-pods").patch is None
 
 
 def test_a_workload_without_a_pod_template_is_denied() -> None:
@@ -454,7 +494,7 @@ def spo_pod() -> dict[str, Any]:
 
 
 def test_pods_wait_until_the_security_profiles_operator_installed_the_profile() -> None:
-    cluster = FakeCluster(trusted())
+    cluster = FakeCluster(trusted(), delivery=SPO_DELIVERY)
     spo_plugin(cluster, installed=False)
     refused = decide(cluster, spo_pod())
     assert not refused.allowed and refused.reason == "PodViolatesSandbox"
@@ -465,14 +505,14 @@ def test_pods_wait_until_the_security_profiles_operator_installed_the_profile() 
                   "spec": {"template": {k: v for k, v in spo_pod().items() if k in ("metadata", "spec")}}}
     assert decide(cluster, deployment, kind="Deployment").allowed
 
-    cluster = FakeCluster(trusted())
+    cluster = FakeCluster(trusted(), delivery=SPO_DELIVERY)
     spo_plugin(cluster, installed=True)
     assert decide(cluster, spo_pod()).allowed
     assert not decide(cluster, good_pod()).allowed  # PluginGuard's own path is not the profile
 
 
 def test_mutation_for_the_security_profiles_operator_adds_no_node_affinity() -> None:
-    cluster = FakeCluster(trusted())
+    cluster = FakeCluster(trusted(), delivery=SPO_DELIVERY)
     spo_plugin(cluster, installed=True)
     pod = good_pod()
     del pod["spec"]["containers"][0]["securityContext"]["seccompProfile"]
