@@ -250,6 +250,8 @@ def _render(plugin: Plugin, verdict: Verdict) -> str:
     lines = [f"{plugin.namespace}/{plugin.name}: {status} ({verdict.reason}) {verdict.message}"]
     if verdict.signer:
         lines.append(f"  signer: {verdict.signer}")
+    if verdict.signer_key:
+        lines.append(f"  signer key: {verdict.signer_key}")
     if verdict.algorithm:
         lines.append(f"  algorithm: {verdict.algorithm}")
     if len(verdict.chain) > 1:

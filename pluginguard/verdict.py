@@ -45,6 +45,8 @@ class Verdict:
     """Whether a plugin verified, why, and who signed it.
 
     ``message`` names the failing part ("certificate chain: leaf expired on ...").
+    ``signer`` names the signer for a person; ``signer_key`` is the full fingerprint of
+    its public key (``sha256:<64 hex>``), as ``revokedKeys`` takes it.
     ``policy`` and ``enforcement`` are those of the policy that decided the verdict.
     """
 
@@ -59,6 +61,7 @@ class Verdict:
     digest: str | None = None
     signer_expires: datetime | None = None
     policies: tuple[str, ...] = field(default=())
+    signer_key: str | None = None
 
     def as_dict(self) -> dict[str, object]:
         """The JSON form the CLI prints and the operator publishes."""
@@ -68,6 +71,7 @@ class Verdict:
             "message": self.message,
             "algorithm": self.algorithm,
             "signer": self.signer,
+            "signerKey": self.signer_key,
             "chain": list(self.chain),
             "policy": self.policy,
             "enforcement": self.enforcement.value,

@@ -46,6 +46,7 @@ class _Signer:
     name: str
     algorithm: str
     key: keys.PublicKey
+    fingerprint: str  # keys.fingerprint(key)
     chain: tuple[str, ...] = ()
     expires: datetime | None = None
 
@@ -97,6 +98,7 @@ def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime,
             f"policy {policy.name}: {refusal}",
             algorithm=facts.get("algorithm"),
             signer=facts.get("signer"),
+            signer_key=facts.get("signer_key"),
             chain=facts.get("chain", ()),
             policy=policy.name,
             enforcement=policy.enforcement,
@@ -114,6 +116,7 @@ def verify_under(plugin: Plugin, policy: TrustPolicy, *, at: datetime,
         f"signed by {signer.name} ({signer.algorithm}), trusted by policy {policy.name}",
         algorithm=signer.algorithm,
         signer=signer.name,
+        signer_key=f"sha256:{signer.fingerprint}",
         chain=signer.chain,
         policy=policy.name,
         enforcement=policy.enforcement,
@@ -161,9 +164,11 @@ def _certificate_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, 
     leaf = parsed.certificates[0]
     facts["signer"] = keys.describe_certificate(leaf)
     key = leaf.public_key()
+    fingerprint = keys.fingerprint(key)  # type: ignore[arg-type]
+    facts["signer_key"] = f"sha256:{fingerprint}"
     try:
         algorithm = _allowed_algorithm(key, policy, facts)
-        if keys.fingerprint(key) in policy.revoked_keys:  # type: ignore[arg-type]
+        if fingerprint in policy.revoked_keys:
             raise Refused(Reason.KEY_REVOKED,
                           f"the key of {facts['signer']} is revoked by the policy")
         try:
@@ -182,7 +187,8 @@ def _certificate_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, 
         raise Refused(Reason.SIGNATURE_INVALID,
                       f"signature {bad[0] + 1} of {len(parsed.signatures)} does not verify "
                       f"with the key of {facts['signer']}{_over(parsed)}")
-    return _Signer(facts["signer"], algorithm, key, facts["chain"], leaf.not_valid_after_utc)  # type: ignore[arg-type]
+    return _Signer(facts["signer"], algorithm, key, fingerprint, facts["chain"],  # type: ignore[arg-type]
+                   leaf.not_valid_after_utc)
 
 
 def _key_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, *,
@@ -198,11 +204,12 @@ def _key_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, *,
         verified = None
         for trusted in candidates:
             facts["signer"] = f"key {trusted.name} (sha256:{trusted.fingerprint[:16]})"
+            facts["signer_key"] = f"sha256:{trusted.fingerprint}"
             algorithm = _allowed_algorithm(trusted.key, policy, facts)
             if trusted.fingerprint in policy.revoked_keys:
                 raise Refused(Reason.KEY_REVOKED, f"{facts['signer']} is revoked by the policy")
             if keys.verify_signature(trusted.key, entry.sig, parsed.message, prehashed=parsed.prehashed):
-                verified = _Signer(facts["signer"], algorithm, trusted.key)
+                verified = _Signer(facts["signer"], algorithm, trusted.key, trusted.fingerprint)
                 break
         if verified is None and entry.keyid:
             raise Refused(Reason.SIGNATURE_INVALID,
@@ -219,6 +226,7 @@ def _key_signer(parsed: signature.ParsedSignature, policy: TrustPolicy, *,
                       f"key and verifies with no trusted key{_over(parsed)}")
     if signer is None:
         facts.pop("signer", None)
+        facts.pop("signer_key", None)
         keyids = ", ".join(e.keyid[:16] or "(no keyid)" for e in parsed.signatures)
         message = f"no key trusted by the policy made this signature (keyid {keyids})"
         if policy.unavailable:

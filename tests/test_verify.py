@@ -222,6 +222,25 @@ def test_a_revoked_certificate_key_is_matched_in_either_spelling(
     assert "CN=signer" in verdict.message
 
 
+def test_the_verdict_names_the_signers_key_as_revoked_keys_takes_it(
+    keydir: Path, pki: dict[str, Any]
+) -> None:
+    fingerprint = keyid(keydir / "ECDSA-P256.pub")
+    signed = signed_by(keydir, "ECDSA-P256")
+    verdict = verdict_for(signed, trusting(keydir, "ECDSA-P256"))
+    assert verdict.signer_key == f"sha256:{fingerprint}"
+    assert verdict.as_dict()["signerKey"] == f"sha256:{fingerprint}"
+    # What the verdict shows, pasted into revokedKeys, revokes the key.
+    revoked = verdict_for(signed, trusting(keydir, "ECDSA-P256", revokedKeys=[verdict.signer_key]))
+    assert revoked.reason is Reason.KEY_REVOKED and revoked.signer_key == verdict.signer_key
+    # A certificate signer is named by its leaf's key.
+    key = pki["signer"][0]
+    document = dsse_sign(plugin(), key, "ECDSA-P256", keyid="", chain_pem=chain_pem(pki, "signer"))
+    by_certificate = verdict_for(document, policy(trustedRoots=roots(pki)))
+    leaf = keys.load_certificates(pki["signer"][1].read_bytes(), where="leaf")[0]
+    assert by_certificate.signer_key == f"sha256:{keys.fingerprint(leaf.public_key())}"
+
+
 def test_revoked_keys_are_compiled_to_one_spelling(keydir: Path) -> None:
     fingerprint = keyid(keydir / "Ed25519.pub")
     compiled = compile_policy(
