@@ -31,10 +31,9 @@ from pluginguard.names import (
     SPO_DELIVERY,
     SPO_GROUP,
     SPO_VERSION,
+    localhost_profile,
     profile_config_map,
-    profile_path,
     spo_profile_name,
-    spo_profile_path,
 )
 from pluginguard.policy import TrustPolicy
 from pluginguard.sandbox import limits, network_policy, normalize_sandbox, seccomp_profile
@@ -132,15 +131,16 @@ def desired_state(obj: Mapping[str, Any], policies: Sequence[TrustPolicy], *,
     status = _status(verdict, generation=generation, at=at, previous=previous)
     pending = None  # why the profile is not on the nodes yet, where PluginGuard can tell
     if profile is not None and ceiling is not None:
+        # The webhook derives the same path from the same three facts.
+        path = localhost_profile(namespace, name, delivery)
         if delivery == NODE_AGENT:
             status["seccomp"] = {
-                "localhostProfile": profile_path(namespace, name),
+                "localhostProfile": path,
                 "sha256": profile.sha256,
                 "configMap": profile_config_map(name),
             }
         else:
             installed, state = installation(delivered)
-            path = spo_profile_path(namespace, name)
             status["seccomp"] = {
                 "localhostProfile": path,
                 "sha256": profile.sha256,
